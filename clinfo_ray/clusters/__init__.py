@@ -1,0 +1,1 @@
+"""Cluster assignments from auxiliary information or faiss k-means, and their statistics."""

@@ -1,0 +1,80 @@
+"""Everything that touches ``torch.distributed`` lives here.
+
+Each helper works without a process group (world size 1), so the losses that call them stay
+correct in a single process and in tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=device))
+    return [int(s.item()) for s in sizes]  # CPU-GPU sync point: one per gather
+
+
+def _gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """all_gather along dim 0 for per-rank row counts ``sizes``; returns (sum(sizes), ...)."""
+    longest = max(sizes)
+    if x.shape[0] < longest:  # all_gather needs equal shapes: pad, gather, cut
+        pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Concatenate every rank's rows; the backward sums the gradient over ranks, then slices.
+
+    Each rank's loss depends on every rank's rows, so the gradient of the local rows is the sum
+    over ranks of each rank's gradient for them: an all-reduce before taking the local slice.
+    Without it the gradients are silently wrong.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int], offset: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.offset, ctx.n = offset, x.shape[0]
+        return _gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.offset : ctx.offset + ctx.n], None, None
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rows of every rank, in rank order, differentiable; and the offset of this rank's rows.
+
+    Ranks may hold different numbers of rows. At world size 1 it returns ``x`` itself.
+    """
+    if not is_distributed():
+        return x, 0
+    sizes = _gather_sizes(x.shape[0], x.device)
+    offset = sum(sizes[: rank()])
+    return _GatherWithGrad.apply(x, sizes, offset), offset
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Rows of every rank, in rank order, without gradient (for integer ids and labels)."""
+    if not is_distributed():
+        return x
+    with torch.no_grad():
+        return _gather_padded(x, _gather_sizes(x.shape[0], x.device))

@@ -1,0 +1,53 @@
+"""The paper's baseline: predict each image's cluster id with cross-entropy.
+
+A linear classifier over K clusters on the encoder's features (before any projection head),
+trained jointly with the encoder: L = mean over views of CE(W·h + b, c). Unlike Cl-InfoNCE it
+needs K fixed in advance and sees no negatives beyond the classifier's weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClusterCrossEntropy(nn.Module):
+    """Linear classifier over ``num_clusters`` clusters, with its cross-entropy loss.
+
+    ``forward(features, cluster_ids)``: features (B, D) or (B, V, D) float, cluster_ids (B,)
+    int64 in 0..K-1. Returns the 0-d mean cross-entropy over all B·V rows (float32 under
+    autocast, as logits are computed in float32).
+    """
+
+    def __init__(self, feature_dim: int, num_clusters: int) -> None:
+        super().__init__()
+        if feature_dim < 1 or num_clusters < 2:
+            raise ValueError(
+                f"need feature_dim >= 1 and num_clusters >= 2; got {feature_dim}, {num_clusters}"
+            )
+        self.num_clusters = num_clusters
+        self.classifier = nn.Linear(feature_dim, num_clusters)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, features: torch.Tensor, cluster_ids: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 3:  # (B, V, D): every view is a sample with its image's id
+            num_views = features.shape[1]
+            features = features.flatten(0, 1)
+            cluster_ids = cluster_ids.repeat_interleave(num_views)
+        if features.dim() != 2 or cluster_ids.shape != features.shape[:1]:
+            raise ValueError(
+                f"features (B, D) or (B, V, D) with cluster_ids (B,); got "
+                f"{tuple(features.shape)} and {tuple(cluster_ids.shape)}"
+            )
+        if cluster_ids.numel() and (
+            int(cluster_ids.min()) < 0 or int(cluster_ids.max()) >= self.num_clusters
+        ):
+            raise ValueError(
+                f"cluster ids must lie in 0..{self.num_clusters - 1}; got "
+                f"{int(cluster_ids.min())}..{int(cluster_ids.max())}"
+            )
+        logits = self.logits(features).float()  # (B·V, K)
+        return F.cross_entropy(logits, cluster_ids.long())
