@@ -10,9 +10,10 @@ contrasts them against every rank's views). With c(a) the cluster id of the imag
 .. math::
 
     s_{ab} = \langle z_a, z_b \rangle / \tau
-    A(a) = \{ b \ne a \}                       \quad\text{(every other view, any cluster)}
-    P(a) = \{ p \in A(a) : c(p) = c(a) \}       \quad\text{(a's other views are always in it)}
-    \ell_a = -\frac{1}{|P(a)|} \sum_{p \in P(a)} \Big[ s_{ap} - \log \sum_{k \in A(a)} e^{s_{ak}} \Big]
+    A(a) = \{ b \ne a \}                   \quad\text{(every other view, any cluster)}
+    P(a) = \{ p \in A(a) : c(p) = c(a) \}   \quad\text{(a's other views are always in it)}
+    \ell_a = -\frac{1}{|P(a)|} \sum_{p \in P(a)}
+             \Big[ s_{ap} - \log \sum_{k \in A(a)} e^{s_{ak}} \Big]
     L = \frac{\tau}{\tau_b} \cdot \operatorname{mean}_{a : |P(a)| > 0} \ell_a
 
 Choices inside it:
@@ -125,7 +126,11 @@ def _check_inputs(features: torch.Tensor, cluster_ids: torch.Tensor, temperature
             f"cluster_ids must be (B,) = ({features.shape[0]},) to match features "
             f"{tuple(features.shape)}; got shape {tuple(cluster_ids.shape)}"
         )
-    if cluster_ids.is_floating_point() or cluster_ids.is_complex() or cluster_ids.dtype == torch.bool:
+    if (
+        cluster_ids.is_floating_point()
+        or cluster_ids.is_complex()
+        or cluster_ids.dtype == torch.bool
+    ):
         raise TypeError(f"cluster_ids must be an integer tensor; got {cluster_ids.dtype}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
