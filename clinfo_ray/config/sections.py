@@ -1,0 +1,274 @@
+"""The stage configs: one frozen dataclass per stage, each checked in ``__post_init__``.
+
+A bad value raises :class:`ConfigError` naming its dotted key (``model.backbone``) and the value.
+Values that follow from others are properties, never fields written later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+BackboneName = Literal["small_cnn", "resnet18", "resnet50"]
+ClusterMethod = Literal["tags", "tags-kmeans", "hierarchy", "labels", "instance", "kmeans"]
+LossMethod = Literal["simclr", "clinfonce", "clinfonce-kmeans", "supcon", "ce-clusters"]
+
+# Feature dimension of each backbone's pooled output (small_cnn: 8 x its width).
+_RESNET_FEATURE_DIM = {"resnet18": 512, "resnet50": 2048}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the dotted key (also ``.key``)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """``value`` if it has type ``tp`` (ints widen to float), else ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError:
+                pass
+    elif origin is Literal:
+        if isinstance(value, str) and value in typing.get_args(tp):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r}", key=key)
+
+
+class _Section:
+    """Base of the stage dataclasses: generic type checks, then the section's own range checks."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _check_value(self._key(f.name), getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)  # only normalises int -> float
+        self._validate()
+
+    def _key(self, name: str) -> str:
+        return f"{self.SECTION}.{name}"
+
+    def _require(self, ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            key = self._key(name)
+            raise ConfigError(f"{key}: must be {rule}; got {getattr(self, name)!r}", key=key)
+
+    def _validate(self) -> None:
+        """Range checks of one section; overridden by each."""
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """The dataset and the stream of augmented views."""
+
+    SECTION: ClassVar[str] = "data"
+    dataset_dir: str = "data/emoji"  # folder of Parquet shards + manifest.json
+    image_size: int = 32  # side of each square crop, pixels
+    views: int = 2  # augmented views per image
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale lower bound (upper bound 1.0)
+    color_jitter: float = 0.4  # brightness/contrast/saturation strength (hue is a quarter)
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    augment_on: Literal["cpu", "gpu"] = "cpu"  # in Ray Data (cpu) or on the worker's GPU
+    batch_size_per_worker: int = 128  # images (not views) per worker step
+
+    def _validate(self) -> None:
+        self._require(bool(self.dataset_dir), "dataset_dir", "a non-empty path")
+        self._require(self.image_size >= 8, "image_size", ">= 8")
+        self._require(self.views >= 1, "views", ">= 1")
+        self._require(0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", "in (0, 1]")
+        self._require(0.0 <= self.color_jitter <= 1.0, "color_jitter", "in [0, 1]")
+        self._require(0.0 <= self.color_jitter_prob <= 1.0, "color_jitter_prob", "in [0, 1]")
+        self._require(0.0 <= self.grayscale_prob <= 1.0, "grayscale_prob", "in [0, 1]")
+        self._require(self.batch_size_per_worker >= 1, "batch_size_per_worker", ">= 1")
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return (self.crop_scale_min, 1.0)
+
+
+@dataclass(frozen=True)
+class ClustersConfig(_Section):
+    """Where each image's cluster id comes from (used by clinfonce and ce-clusters)."""
+
+    SECTION: ClassVar[str] = "clusters"
+    method: ClusterMethod = "tags-kmeans"
+    k: int = 100  # clusters of tags-kmeans and kmeans
+    top_k: int = 20  # tags kept by the `tags` method (at most 2**top_k clusters)
+    tag_ranking: Literal["entropy", "frequency"] = "entropy"
+    hierarchy_column: str = "coarse_label"
+    table_path: str | None = None  # a prebuilt id -> cluster table; None builds it at start
+    recluster_every: int = 1  # kmeans: epochs between re-clusterings
+    warmup_epochs: int = 0  # kmeans: epochs with instance clusters before the first k-means
+    niter: int = 20  # faiss k-means iterations
+    nredo: int = 1  # faiss k-means restarts (best objective kept)
+
+    def _validate(self) -> None:
+        self._require(self.k >= 2, "k", ">= 2")
+        self._require(self.top_k >= 1, "top_k", ">= 1")
+        self._require(bool(self.hierarchy_column), "hierarchy_column", "a column name")
+        self._require(self.table_path is None or bool(self.table_path), "table_path", "a path")
+        self._require(self.recluster_every >= 1, "recluster_every", ">= 1")
+        self._require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+        self._require(self.niter >= 1, "niter", ">= 1")
+        self._require(self.nredo >= 1, "nredo", ">= 1")
+
+    @property
+    def is_iterative(self) -> bool:
+        """True when the table is rebuilt during training from the model's own embeddings."""
+        return self.method == "kmeans"
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Encoder (backbone) and projection head."""
+
+    SECTION: ClassVar[str] = "model"
+    backbone: BackboneName = "small_cnn"
+    small_image_stem: bool = True  # 3x3 stride-1 first conv, no max-pool (32-px images)
+    cnn_width: int = 32  # small_cnn: channels of its first layer (last layer has 8x)
+    proj_hidden: int | None = None  # hidden width of the head; None: the feature dim
+    proj_dim: int = 128
+    proj_batch_norm: bool = True  # BN after the head's hidden layer (SimCLR v2, lightly)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model on the worker
+
+    def _validate(self) -> None:
+        self._require(self.cnn_width >= 1, "cnn_width", ">= 1")
+        self._require(self.proj_hidden is None or self.proj_hidden >= 1, "proj_hidden", ">= 1")
+        self._require(self.proj_dim >= 1, "proj_dim", ">= 1")
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the encoder's pooled features (the input of the head and of evaluation)."""
+        return _RESNET_FEATURE_DIM.get(self.backbone, 8 * self.cnn_width)
+
+    @property
+    def proj_hidden_dim(self) -> int:
+        return self.proj_hidden if self.proj_hidden is not None else self.feature_dim
+
+
+@dataclass(frozen=True)
+class LossConfig(_Section):
+    """The objective. simclr = Cl-InfoNCE over instance clusters, supcon = over labels."""
+
+    SECTION: ClassVar[str] = "loss"
+    method: LossMethod = "clinfonce"
+    temperature: float = 0.1
+    base_temperature: float | None = None  # loss scaled by temperature / base_temperature
+
+    def _validate(self) -> None:
+        self._require(self.temperature > 0, "temperature", "> 0")
+        ok = self.base_temperature is None or self.base_temperature > 0
+        self._require(ok, "base_temperature", "> 0 or null")
+
+    @property
+    def is_contrastive(self) -> bool:
+        return self.method != "ce-clusters"
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """Optimizer and per-step schedule (linear warm-up, then cosine to final_lr_fraction x lr)."""
+
+    SECTION: ClassVar[str] = "optim"
+    name: Literal["sgd", "lars"] = "sgd"
+    lr: float = 0.5  # peak learning rate, absolute (not rescaled by batch size)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # never applied to biases and norm parameters
+    trust_coefficient: float = 0.001  # LARS eta
+    warmup_epochs: float = 10.0
+    epochs: int = 100
+    final_lr_fraction: float = 0.0
+    amp: bool = False  # bf16 autocast on GPU (ignored on CPU)
+
+    def _validate(self) -> None:
+        self._require(self.lr > 0, "lr", "> 0")
+        self._require(0.0 <= self.momentum < 1.0, "momentum", "in [0, 1)")
+        self._require(self.weight_decay >= 0, "weight_decay", ">= 0")
+        self._require(self.trust_coefficient > 0, "trust_coefficient", "> 0")
+        self._require(self.epochs >= 1, "epochs", ">= 1")
+        ok = 0.0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0
+        self._require(ok, "warmup_epochs", f">= 0 and < optim.epochs ({self.epochs})")
+        self._require(0.0 <= self.final_lr_fraction <= 1.0, "final_lr_fraction", "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Section):
+    """Online kNN during training and the linear probe of the eval command."""
+
+    SECTION: ClassVar[str] = "eval"
+    knn_k: int = 20
+    knn_temperature: float = 0.07  # weights exp(cos / t) of the neighbours' votes
+    knn_every: int = 5  # epochs between online kNN evaluations; 0 turns it off
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+    linear_weight_decay: float = 0.0
+    linear_batch_size: int = 256
+
+    def _validate(self) -> None:
+        self._require(self.knn_k >= 1, "knn_k", ">= 1")
+        self._require(self.knn_temperature > 0, "knn_temperature", "> 0")
+        self._require(self.knn_every >= 0, "knn_every", ">= 0")
+        self._require(self.linear_epochs >= 1, "linear_epochs", ">= 1")
+        self._require(self.linear_lr > 0, "linear_lr", "> 0")
+        self._require(self.linear_weight_decay >= 0, "linear_weight_decay", ">= 0")
+        self._require(self.linear_batch_size >= 1, "linear_batch_size", ">= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """Where results go and how the Ray Train run is laid out."""
+
+    SECTION: ClassVar[str] = "run"
+    name: str = "quickstart"  # the same name again resumes an interrupted run
+    output_dir: str = "runs"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # fractional allowed
+    max_failures: int = 0  # worker-group restarts before giving up (-1: unlimited)
+    checkpoints_to_keep: int = 2
+    seed: int = 0
+
+    def _validate(self) -> None:
+        ok = bool(self.name) and "/" not in self.name and self.name not in (".", "..")
+        self._require(ok, "name", "a non-empty name without '/'")
+        self._require(bool(self.output_dir), "output_dir", "a non-empty path")
+        self._require(self.num_workers >= 1, "num_workers", ">= 1")
+        self._require(self.cpus_per_worker > 0, "cpus_per_worker", "> 0")
+        self._require(self.max_failures >= -1, "max_failures", ">= -1")
+        self._require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", ">= 1")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
