@@ -1,0 +1,60 @@
+"""Read the metadata columns of a clinfo-ray dataset (never the image bytes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from clinfo_ray.data import columns as C
+
+from .statistics import UNLABELLED
+
+
+def parquet_files(data_dir: str | Path) -> list[Path]:
+    """The dataset's Parquet shards, sorted; an error when `data_dir` is not a dataset."""
+    root = Path(data_dir)
+    if not (root / C.MANIFEST).is_file():
+        raise FileNotFoundError(f"{root} is not a clinfo-ray dataset: no {C.MANIFEST} in it")
+    files = sorted(
+        path
+        for path in root.rglob("*.parquet")
+        if not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+    )
+    if not files:
+        raise FileNotFoundError(f"{root} holds a {C.MANIFEST} but no .parquet shards")
+    return files
+
+
+def read_metadata(data_dir: str | Path, columns: Sequence[str]) -> pa.Table:
+    """The named columns of every row of the dataset, in shard order."""
+    unknown = sorted(set(columns) - set(C.SCHEMA.names))
+    files = parquet_files(data_dir)
+    dataset = pads.dataset([str(path) for path in files], format="parquet")
+    missing = sorted(set(columns) - set(dataset.schema.names))
+    if missing:
+        hint = f" (the dataset format has no column {unknown[0]!r})" if unknown else ""
+        raise KeyError(f"{data_dir}: the dataset has no column {missing[0]!r}{hint}")
+    return dataset.to_table(columns=list(columns))
+
+
+def train_mask(table: pa.Table) -> np.ndarray:
+    """(n,) bool: which rows belong to the train split."""
+    return np.asarray(table[C.SPLIT].to_numpy(zero_copy_only=False) == C.TRAIN, dtype=bool)
+
+
+def label_codes(column: pa.ChunkedArray) -> np.ndarray:
+    """(n,) int64 codes of a label-like column, UNLABELLED (-1) where it is null.
+
+    Integer columns keep their values (shifted to stay >= 0 when a value is negative); other
+    types are coded by their sorted distinct values.
+    """
+    values = column.to_numpy(zero_copy_only=False)
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    codes = np.full(len(column), UNLABELLED, dtype=np.int64)
+    if valid.any():
+        codes[valid] = np.unique(values[valid], return_inverse=True)[1]
+    return codes
