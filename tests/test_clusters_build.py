@@ -1,0 +1,158 @@
+"""`clinfo-ray clusters` end to end on a tiny dataset written in the format of the data issue."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clinfo_ray.clusters import cli
+from clinfo_ray.clusters.build import stats_path
+from clinfo_ray.data import columns as C
+
+REPO = Path(__file__).resolve().parents[1]
+# Six train rows, two test rows. Labels on train: 0 0 1 1 2 2 -> H(T) = log2 3.
+ROWS = {
+    C.ID: [f"r{i}" for i in range(8)],
+    C.LABEL: [0, 0, 1, 1, 2, 2, 0, None],
+    C.COARSE_LABEL: [0, 0, 0, 0, 1, 1, 0, 0],
+    # "x" on 3 of 6 train rows (1 bit), "y" on 2 (0.918 bit), "z" on 1
+    C.TAGS: [["x", "y"], ["x", "y"], ["x"], ["z"], [], ["w"], ["x", "q"], []],
+    C.SPLIT: [C.TRAIN] * 6 + [C.TEST] * 2,
+}
+
+
+def write_dataset(root: Path, rows: dict[str, list], shards: int = 2) -> Path:
+    """A folder of Parquet shards with the dataset SCHEMA plus manifest.json."""
+    n = len(rows[C.ID])
+    table = pa.table({**rows, C.IMAGE: [b"\x89PNG"] * n}).select(C.SCHEMA.names).cast(C.SCHEMA)
+    root.mkdir(parents=True)
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        pq.write_table(table.slice(lo, hi - lo), root / f"part-{i:05d}.parquet")
+    train = sum(split == C.TRAIN for split in rows[C.SPLIT])
+    manifest = {"format_version": C.FORMAT_VERSION, "rows": {C.TRAIN: train, C.TEST: n - train}}
+    (root / C.MANIFEST).write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data", ROWS)
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(list(argv)))
+
+
+def h(*p: float) -> float:
+    return -sum(q * math.log2(q) for q in p if q > 0)
+
+
+LOG3 = math.log2(3)
+# method, extra args, expected (H(Z), I(Z;T), H(Z|T), clusters on train) computed by hand
+EXPECTED = {
+    "labels": ([], (LOG3, LOG3, 0.0, 3)),
+    "instance": ([], (math.log2(6), LOG3, 1.0, 6)),
+    "hierarchy": ([], (h(2 / 3, 1 / 3), h(2 / 3, 1 / 3), 0.0, 2)),
+    # top-1 tag "x": Z = 1 1 1 0 0 0; joint (1,0)x2 (1,1) (0,1) (0,2)x2
+    "tags": (
+        ["--top-k", "1"],
+        (1.0, 1.0 + LOG3 - h(1 / 3, 1 / 6, 1 / 6, 1 / 3), h(1 / 3, 1 / 6, 1 / 6, 1 / 3) - LOG3, 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_methods_write_complete_tables_and_hand_checked_stats(data: Path, method: str) -> None:
+    out = data.parent / f"{method}.parquet"
+    extra, (h_z, mi, h_z_t, k) = EXPECTED[method]
+    assert run_cli("--data", str(data), "--method", method, "--out", str(out), *extra) == 0
+    table = pq.read_table(out)
+    assert table.schema.equals(C.CLUSTER_SCHEMA)
+    assert sorted(table[C.ID].to_pylist()) == sorted(ROWS[C.ID])
+    clusters = table[C.CLUSTER].to_numpy()
+    assert set(clusters) == set(range(clusters.max() + 1))  # contiguous 0..K-1
+    stats = json.loads(stats_path(out).read_text())
+    assert stats["num_clusters"] == k
+    assert stats["label_entropy_bits"] == pytest.approx(LOG3)
+    assert stats["cluster_entropy_bits"] == pytest.approx(h_z)
+    assert stats["mutual_information_bits"] == pytest.approx(mi)
+    assert stats["conditional_entropy_bits"] == pytest.approx(h_z_t)
+    assert set(stats["cluster_size"]) == {"min", "median", "max"}
+
+
+def test_tags_kmeans_and_stats_only_agree(data: Path, capsys: pytest.CaptureFixture) -> None:
+    out = data.parent / "tk.parquet"
+    assert (
+        run_cli("--data", str(data), "--method", "tags-kmeans", "--k", "2", "--out", str(out)) == 0
+    )
+    stats = json.loads(stats_path(out).read_text())
+    clusters = dict(zip(*pq.read_table(out).to_pydict().values(), strict=True))
+    assert clusters["r0"] == clusters["r1"]  # identical tags
+    assert clusters["r4"] == clusters["r7"]  # the untagged rows share a cluster
+    assert clusters["r4"] != clusters["r0"]
+    capsys.readouterr()
+    assert run_cli("--stats-only", str(out), "--data", str(data)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for key in ("num_clusters", "mutual_information_bits", "conditional_entropy_bits"):
+        assert printed[key] == pytest.approx(stats[key])
+
+
+def test_stats_only_rejects_a_table_missing_ids(data: Path, capsys: pytest.CaptureFixture) -> None:
+    table = data.parent / "short.parquet"
+    pq.write_table(pa.table({C.ID: ["r0", "r1", "zz"], C.CLUSTER: [0, 1, 1]}), table)
+    assert run_cli("--stats-only", str(table), "--data", str(data)) == 2
+    err = capsys.readouterr().err
+    assert "6 ids of the dataset are missing from the table, e.g. 'r2'" in err
+    assert "1 ids are not in the dataset, e.g. 'zz'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "tags", "--top-k", "9"], "--top-k 9 is larger than the number of tags"),
+        (["--method", "tags", "--top-k", "9"], "has 4 distinct tags"),  # x y z w; q is test-only
+        (["--method", "kmeans", "--checkpoint", "ck"], "not built yet"),
+        (["--method", "hierarchy", "--column", "style"], "no column 'style'"),
+        (["--method", "tags-kmeans", "--k", "1"], "clusters.k"),
+    ],
+)
+def test_bad_requests_fail_with_a_reason(
+    data: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    out = data.parent / "bad.parquet"
+    assert run_cli("--data", str(data), "--out", str(out), *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_folder_without_manifest_is_not_a_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        run_cli("--data", str(tmp_path), "--method", "labels", "--out", str(tmp_path / "t.parquet"))
+        == 2
+    )
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_job_entrypoint_runs_standalone(data: Path) -> None:
+    out = data.parent / "job.parquet"
+    cmd = [sys.executable, str(REPO / "jobs" / "clusters.py"), "--data", str(data)]
+    done = subprocess.run(
+        [*cmd, "--method", "labels", "--out", str(out)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(stats_path(out).read_text())["num_clusters"] == 3
