@@ -1,0 +1,1 @@
+"""Datasets as Parquet shards and the Ray Data stream of augmented views."""

@@ -1,0 +1,36 @@
+"""Column names and types of the clinfo-ray dataset format (Parquet shards + manifest.json)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+ID = "id"  # string, unique across the dataset
+IMAGE = "image"  # binary: the encoded file's bytes (PNG, JPEG, ...)
+LABEL = "label"  # int32, nullable: the downstream evaluation label
+TAGS = "tags"  # list<string>, may be empty: the auxiliary information
+COARSE_LABEL = "coarse_label"  # int32, nullable: one level up a label hierarchy
+SPLIT = "split"  # string: "train" or "test"
+
+TRAIN, TEST = "train", "test"
+SPLITS = (TRAIN, TEST)
+
+# Cluster assignment tables: id -> cluster (contiguous 0..K-1).
+CLUSTER = "cluster"
+
+SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(IMAGE, pa.binary(), nullable=False),
+        pa.field(LABEL, pa.int32()),
+        pa.field(TAGS, pa.list_(pa.string())),
+        pa.field(COARSE_LABEL, pa.int32()),
+        pa.field(SPLIT, pa.string(), nullable=False),
+    ]
+)
+
+CLUSTER_SCHEMA = pa.schema(
+    [pa.field(ID, pa.string(), nullable=False), pa.field(CLUSTER, pa.int64(), nullable=False)]
+)

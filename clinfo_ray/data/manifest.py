@@ -1,0 +1,60 @@
+"""``manifest.json``: what a prepared dataset folder holds; written last, so it means done."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clinfo_ray.data import columns as C
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The description of a prepared dataset folder.
+
+    ``files`` maps a split to its Parquet shard names (relative to the folder); ``skipped`` lists
+    ``{"source": ..., "reason": ...}`` for every input left out.
+    """
+
+    source: str
+    rows: dict[str, int]
+    class_names: list[str]
+    coarse_class_names: list[str]
+    tag_vocabulary_size: int
+    skipped: list[dict[str, str]]
+    files: dict[str, list[str]]
+    format_version: int = C.FORMAT_VERSION
+    options: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format_version != C.FORMAT_VERSION:
+            raise ValueError(
+                f"format_version: this clinfo-ray reads {C.FORMAT_VERSION}, "
+                f"the dataset has {self.format_version}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / C.MANIFEST
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Read ``folder/manifest.json``; a folder without one is not a (finished) dataset."""
+    path = Path(folder) / C.MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {C.MANIFEST}; not a prepared clinfo-ray dataset")
+    return Manifest(**json.loads(path.read_text()))
+
+
+def split_files(folder: str | Path, split: str) -> list[str]:
+    """Absolute paths of the Parquet shards of one split."""
+    manifest = read_manifest(folder)
+    if split not in manifest.files:
+        raise ValueError(f"split: {split!r} is not in {sorted(manifest.files)}")
+    return [str(Path(folder) / name) for name in manifest.files[split]]

@@ -1,0 +1,1 @@
+"""Dataset sources: each lists its images (paths or bytes), labels, tags and split."""
