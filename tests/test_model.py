@@ -55,8 +55,8 @@ def _stem_output_size(model: nn.Module, size: int) -> int:
     return seen[0]
 
 
-def test_small_stem_keeps_resolution() -> None:
-    small = build_model(ModelConfig(backbone="resnet18", small_image_stem=True))
+def test_small_stem_keeps_resolution(models: dict[str, ContrastiveModel]) -> None:
+    small = models["resnet18"]  # small_image_stem defaults to True
     standard = build_model(ModelConfig(backbone="resnet18", small_image_stem=False))
     assert _stem_output_size(small, 32) == 32  # 3x3 stride-1 conv, no max-pool
     assert _stem_output_size(standard, 32) == 8  # 7x7 stride-2 conv + max-pool: a quarter

@@ -1,0 +1,179 @@
+"""Checkpoints: save -> load restores everything, DDP prefixes, model-shape mismatches fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from clinfo_ray.checkpointing import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
+from clinfo_ray.config import ModelConfig, TrainConfig, apply_overrides
+from clinfo_ray.losses import ClusterCrossEntropy
+from clinfo_ray.model import ContrastiveModel, build_model
+from clinfo_ray.optim import build_optimizer
+
+CONFIG = apply_overrides(
+    TrainConfig(),
+    {"model.cnn_width": 4, "model.proj_dim": 8, "optim.name": "lars", "optim.warmup_epochs": 1},
+)
+
+
+def _step(model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, seed: int) -> None:
+    torch.manual_seed(seed)
+    out = model(torch.randn(4, 2, 3, 16, 16))
+    loss = out.projections.pow(2).mean() + out.features.mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
+def _trained(cfg: TrainConfig = CONFIG) -> tuple[ContrastiveModel, Optimizer, LRScheduler]:
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, steps_per_epoch=3)
+    for seed in range(2):
+        _step(model, optimizer, scheduler, seed)
+    return model, optimizer, scheduler
+
+
+def _assert_same_tensors(a: object, b: object) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            _assert_same_tensors(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
+def test_save_load_restores_model_optimizer_scheduler_scaler(tmp_path: Path) -> None:
+    model, optimizer, scheduler = _trained()
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    loss_module = ClusterCrossEntropy(model.feature_dim, 5)
+    save_checkpoint(
+        tmp_path / "ckpt",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loss_module=loss_module,
+        epoch=3,
+        step=2,
+        config=CONFIG,
+        cluster_table_version=7,
+        extra={"train/loss": 1.5},
+    )
+    torch.manual_seed(123)
+    fresh = build_model(CONFIG.model)  # other initial weights
+    fresh_opt, fresh_sched = build_optimizer(fresh, CONFIG.optim, steps_per_epoch=3)
+    fresh_scaler = torch.amp.GradScaler("cpu")
+    fresh_loss = ClusterCrossEntropy(model.feature_dim, 5)
+    state = load_checkpoint(
+        tmp_path / "ckpt",
+        model=fresh,
+        optimizer=fresh_opt,
+        scheduler=fresh_sched,
+        scaler=fresh_scaler,
+        loss_module=fresh_loss,
+        model_config=CONFIG.model,
+    )
+    assert (state.epoch, state.step, state.cluster_table_version) == (3, 2, 7)
+    assert state.extra == {"train/loss": 1.5} and state.train_config() == CONFIG
+    _assert_same_tensors(model.state_dict(), fresh.state_dict())
+    _assert_same_tensors(optimizer.state_dict(), fresh_opt.state_dict())
+    assert fresh_sched.state_dict() == scheduler.state_dict()
+    assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert fresh_scaler.get_scale() == 512.0
+    _assert_same_tensors(loss_module.state_dict(), fresh_loss.state_dict())
+    # The next step after resuming equals the next step without interruption.
+    _step(model, optimizer, scheduler, seed=9)
+    _step(fresh, fresh_opt, fresh_sched, seed=9)
+    _assert_same_tensors(model.state_dict(), fresh.state_dict())
+
+
+def test_files_load_with_weights_only(tmp_path: Path) -> None:
+    model, optimizer, scheduler = _trained()
+    directory = save_checkpoint(
+        tmp_path / "c", model=model, optimizer=optimizer, scheduler=scheduler, epoch=1, step=2,
+        config=CONFIG,
+    )  # fmt: skip
+    for name in ("model.pt", "optimizer.pt", "scheduler.pt"):
+        torch.load(directory / name, weights_only=True)  # raises on anything but plain data
+    state = json.loads((directory / "state.json").read_text())
+    assert state["config"] == CONFIG.to_dict() and state["files"] == [
+        "optimizer.pt",
+        "scheduler.pt",
+    ]
+    assert not list(directory.glob(".*.tmp"))
+
+
+def test_model_shape_mismatch_names_the_key(tmp_path: Path) -> None:
+    model, _, _ = _trained()
+    save_checkpoint(tmp_path / "c", model=model, epoch=1, step=1, config=CONFIG)
+    other = ModelConfig(backbone="resnet18", proj_dim=8)
+    with pytest.raises(CheckpointError, match=r"model\.backbone: checkpoint 'small_cnn'"):
+        load_checkpoint(tmp_path / "c", model=build_model(other), model_config=other)
+    wider = ModelConfig(cnn_width=8, proj_dim=8)
+    with pytest.raises(CheckpointError, match=r"model\.cnn_width.*model\.proj_hidden_dim"):
+        load_checkpoint(tmp_path / "c", model=build_model(wider), model_config=wider)
+    # Without a config the state dict comparison still names what differs.
+    with pytest.raises(CheckpointError, match=r"of another shape.*encoder\.layers\.0\.0\.weight"):
+        load_checkpoint(tmp_path / "c", model=build_model(wider))
+
+
+def test_missing_pieces_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no state\.json"):
+        read_checkpoint_state(tmp_path)
+    model, optimizer, _ = _trained()
+    save_checkpoint(tmp_path / "c", model=model, epoch=1, step=1, config=CONFIG)
+    with pytest.raises(CheckpointError, match=r"no optimizer\.pt"):
+        load_checkpoint(tmp_path / "c", model=model, optimizer=optimizer)
+
+
+def test_ddp_wrapped_models_save_and_load_without_prefix(tmp_path: Path) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model, _, _ = _trained()
+        wrapped = DistributedDataParallel(model)
+        save_checkpoint(tmp_path / "c", model=wrapped, epoch=1, step=1, config=CONFIG)
+        saved = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
+        assert not any(key.startswith("module.") for key in saved)
+        target = DistributedDataParallel(build_model(CONFIG.model))
+        load_checkpoint(tmp_path / "c", model=target, model_config=CONFIG.model)
+        _assert_same_tensors(model.state_dict(), target.module.state_dict())
+    finally:
+        dist.destroy_process_group()
+    # A state dict saved from a wrapper elsewhere ("module." keys) loads into a plain model.
+    torch.save({f"module.{k}": v for k, v in saved.items()}, tmp_path / "c" / "model.pt")
+    plain: ContrastiveModel = build_model(CONFIG.model)
+    load_checkpoint(tmp_path / "c", model=plain)
+    _assert_same_tensors(model.state_dict(), plain.state_dict())
+
+
+def test_load_model_from_checkpoint(tmp_path: Path) -> None:
+    model, _, _ = _trained()
+    save_checkpoint(tmp_path / "c", model=model, epoch=4, step=8, config=CONFIG.to_dict())
+    restored, config = load_model_from_checkpoint(tmp_path / "c")
+    assert config == CONFIG and not restored.training
+    _assert_same_tensors(model.state_dict(), restored.state_dict())
