@@ -200,6 +200,18 @@ def test_bad_inputs_fail_with_clear_messages(
 
 def test_default_chunk_bounds_memory() -> None:
     for n in (1, 1000, 16_384, 65_536, 10**6):
-        rows = default_chunk_rows(n)
-        assert 1 <= rows <= n
-        assert rows * n <= max(2**25, n)
+        for device, budget in (("cpu", 2**24), ("cuda", 2**26)):
+            rows = default_chunk_rows(n, device)
+            assert 1 <= rows <= n
+            assert rows * n <= max(budget, n)
+
+
+def test_benchmark_dense_implementation_is_the_same_function() -> None:
+    from benchmarks.loss_bench import dense_cl_infonce
+
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(50, 2, 16, generator=gen)
+    ids = torch.randint(0, 7, (50,), generator=gen)
+    assert dense_cl_infonce(x, ids, 0.1).item() == pytest.approx(
+        cl_infonce(x, ids, 0.1).item(), rel=1e-5
+    )

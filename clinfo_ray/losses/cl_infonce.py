@@ -44,14 +44,15 @@ from torch import nn
 
 from clinfo_ray.distributed import gather_no_grad, gather_with_grad, world_size
 
-# Elements of one chunk of logits (chunk_rows × N). 2**25 float32 = 128 MiB; the backward holds
-# two such buffers at once.
-_CHUNK_ELEMENTS = 2**25
+# Elements of one chunk of logits (chunk_rows × N), the only buffer of that size alive at a time:
+# 2**24 float32 = 64 MiB on the CPU; 2**26 = 256 MiB on a GPU, where bigger products run faster.
+_CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**26}
 
 
-def default_chunk_rows(num_candidates: int) -> int:
-    """Rows of logits per chunk so that one chunk holds about 2**25 elements."""
-    return max(1, min(num_candidates, _CHUNK_ELEMENTS // max(num_candidates, 1)))
+def default_chunk_rows(num_candidates: int, device_type: str = "cpu") -> int:
+    """Rows of logits per chunk so that one chunk holds about 2**24 (CPU) or 2**26 elements."""
+    budget = _CHUNK_ELEMENTS.get(device_type, _CHUNK_ELEMENTS["cpu"])
+    return max(1, min(num_candidates, budget // max(num_candidates, 1)))
 
 
 def _logits_chunk(
@@ -64,6 +65,14 @@ def _logits_chunk(
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, rows + first] = float("-inf")
     return logits
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-sum-exp that overwrites ``logits``: no second (c, N) buffer."""
+    row_max = logits.amax(dim=1, keepdim=True)  # (c, 1)
+    # A row of only -inf (an anchor with no candidate) keeps lse = -inf without NaN.
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    return logits.sub_(row_max).exp_().sum(dim=1).log_().add_(row_max.squeeze(1))
 
 
 class _ChunkedLogSumExp(torch.autograd.Function):
@@ -85,7 +94,7 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         for start in range(0, anchors.shape[0], chunk):
             block = anchors[start : start + chunk]
             logits = _logits_chunk(block, candidates, offset + start, inv_tau)
-            lse[start : start + chunk] = torch.logsumexp(logits, dim=1)
+            lse[start : start + chunk] = _logsumexp_(logits)
         ctx.save_for_backward(anchors, candidates, lse)
         ctx.offset, ctx.inv_tau, ctx.chunk = offset, inv_tau, chunk
         return lse
@@ -151,7 +160,8 @@ def cl_infonce(
         cluster_ids: (B,) int64, the cluster of each image (any integers, need not be contiguous).
         temperature: τ > 0.
         base_temperature: τ_b; the loss is scaled by τ/τ_b. None means τ (factor 1).
-        chunk_rows: anchor rows per chunk of logits; None picks ~2**25 logits a chunk.
+        chunk_rows: anchor rows per chunk of logits; None picks 2**24 (CPU) or 2**26 (GPU)
+            logits a chunk.
 
     Returns:
         0-d tensor (float32, or float64 for float64 features). Under torch.distributed with W
@@ -180,7 +190,7 @@ def cl_infonce(
         num_pos = (counts[mine] - 1).to(z.dtype)  # (n,) |P(a)|
         pos_sum = ((z * cluster_sums[mine]).sum(1) - (z * z).sum(1)) * inv_tau  # Σ_p s_ap
 
-        chunk = chunk_rows or default_chunk_rows(z_all.shape[0])
+        chunk = chunk_rows or default_chunk_rows(z_all.shape[0], z_all.device.type)
         lse = _ChunkedLogSumExp.apply(z, z_all, offset, inv_tau, chunk)  # (n,)
 
         has_pos = num_pos > 0
