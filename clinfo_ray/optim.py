@@ -99,7 +99,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
     The second group also carries ``lars_adapt=False`` (ignored by SGD).
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)

@@ -177,3 +177,12 @@ def test_load_model_from_checkpoint(tmp_path: Path) -> None:
     restored, config = load_model_from_checkpoint(tmp_path / "c")
     assert config == CONFIG and not restored.training
     _assert_same_tensors(model.state_dict(), restored.state_dict())
+
+
+def test_compiled_model_saves_plain_keys(tmp_path: Path) -> None:
+    model, _, _ = _trained()
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert isinstance(compiled, nn.Module)
+    save_checkpoint(tmp_path / "c", model=compiled, epoch=1, step=1, config=CONFIG)
+    saved = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
+    assert set(saved) == set(model.state_dict())

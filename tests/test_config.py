@@ -108,7 +108,7 @@ def test_overrides_parse_as_yaml_scalars_and_apply() -> None:
 def test_ints_widen_to_float_but_not_bools() -> None:
     assert OptimConfig(lr=1).lr == 1.0 and isinstance(OptimConfig(lr=1).lr, float)
     with pytest.raises(ConfigError, match=r"optim\.lr"):
-        OptimConfig(lr=True)  # type: ignore[arg-type]
+        OptimConfig(lr=True)
 
 
 def test_round_trip_through_plain_json() -> None:

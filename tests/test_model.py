@@ -7,18 +7,22 @@ import torch
 from torch import nn
 
 from clinfo_ray.config import ModelConfig
+from clinfo_ray.config.sections import BackboneName
 from clinfo_ray.model import ContrastiveModel, ProjectionHead, SmallCNN, build_model
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, ContrastiveModel]:
     torch.manual_seed(0)
-    return {b: build_model(ModelConfig(backbone=b)) for b in ("small_cnn", "resnet18", "resnet50")}
+    names: tuple[BackboneName, ...] = ("small_cnn", "resnet18", "resnet50")
+    return {b: build_model(ModelConfig(backbone=b)) for b in names}
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet18", "resnet50"])
 @pytest.mark.parametrize("size", [32, 64])
-def test_output_shapes(models: dict[str, ContrastiveModel], backbone: str, size: int) -> None:
+def test_output_shapes(
+    models: dict[str, ContrastiveModel], backbone: BackboneName, size: int
+) -> None:
     model = models[backbone]
     expected_dim = {"small_cnn": 256, "resnet18": 512, "resnet50": 2048}[backbone]
     assert model.feature_dim == expected_dim == ModelConfig(backbone=backbone).feature_dim
@@ -43,6 +47,10 @@ def test_views_are_rows_b_times_v_plus_v(models: dict[str, ContrastiveModel]) ->
     torch.testing.assert_close(encoded, per_view.features)
 
 
+def _first_conv(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
 def _stem_output_size(model: nn.Module, size: int) -> int:
     """Spatial side of the first residual stage's output."""
     seen: list[int] = []
@@ -60,9 +68,10 @@ def test_small_stem_keeps_resolution(models: dict[str, ContrastiveModel]) -> Non
     standard = build_model(ModelConfig(backbone="resnet18", small_image_stem=False))
     assert _stem_output_size(small, 32) == 32  # 3x3 stride-1 conv, no max-pool
     assert _stem_output_size(standard, 32) == 8  # 7x7 stride-2 conv + max-pool: a quarter
-    conv1 = small.encoder.net.conv1  # type: ignore[union-attr]
+    conv1 = _first_conv(small)
     assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1)
-    assert isinstance(small.encoder.net.maxpool, nn.Identity)  # type: ignore[union-attr]
+    assert not any(isinstance(m, nn.MaxPool2d) for m in small.modules())
+    assert any(isinstance(m, nn.MaxPool2d) for m in standard.modules())
 
 
 def test_small_cnn_layers_and_stem() -> None:
@@ -71,7 +80,7 @@ def test_small_cnn_layers_and_stem() -> None:
     assert len(convs) == 6 and convs[-1].out_channels == 64 == cnn.feature_dim
     assert sum(isinstance(m, nn.BatchNorm2d) for m in cnn.modules()) == 6
     assert convs[0].stride == (1, 1)
-    assert SmallCNN(width=8, small_image_stem=False).layers[0][0].stride == (2, 2)
+    assert _first_conv(SmallCNN(width=8, small_image_stem=False)).stride == (2, 2)
 
 
 def test_head_shape_and_batch_norm() -> None:
@@ -86,12 +95,15 @@ def test_head_shape_and_batch_norm() -> None:
 
 def test_builder_follows_config() -> None:
     model = build_model(ModelConfig(proj_hidden=64, proj_dim=32, cnn_width=8, channels_last=True))
-    assert model.head.mlp[0].out_features == 64 and model.proj_dim == 32
-    assert model.encoder.layers[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.head(torch.randn(2, 64)).shape == (2, 32) and model.proj_dim == 32
+    hidden = next(m for m in model.head.modules() if isinstance(m, nn.Linear))
+    assert hidden.out_features == 64
+    conv1 = _first_conv(model)
+    assert conv1.weight.is_contiguous(memory_format=torch.channels_last)
     out = model(torch.randn(2, 2, 3, 32, 32))
     assert out.projections.shape == (2, 2, 32) and out.features.shape == (2, 2, 64)
     out.projections.sum().backward()  # gradients reach the first conv
-    assert model.encoder.layers[0][0].weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+    assert conv1.weight.grad is not None and conv1.weight.grad.abs().sum() > 0
 
 
 def test_bad_input_shape_is_named() -> None:

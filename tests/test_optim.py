@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -19,8 +20,12 @@ def test_lars_trust_ratio_matches_hand_computation() -> None:
     w.grad = torch.tensor([[0.6, 0.8]])  # ||g|| = 1
     b.grad = torch.tensor([0.5, 0.5])
     lr, decay, eta = 0.1, 0.01, 0.001
+    groups: list[dict[str, Any]] = [
+        {"params": [w]},
+        {"params": [b], "weight_decay": 0.0, "lars_adapt": False},
+    ]
     opt = LARS(
-        [{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lars_adapt": False}],
+        groups,
         lr=lr,
         momentum=0.9,
         weight_decay=decay,
