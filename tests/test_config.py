@@ -98,6 +98,8 @@ def test_overrides_parse_as_yaml_scalars_and_apply() -> None:
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.loss.base_temperature == pytest.approx(0.07)
     assert cfg.run.name == "x=y"
+    numeric_name = load_config(CONFIGS / "quickstart.yaml", ["run.name=2024", "data.dataset_dir=1"])
+    assert numeric_name.run.name == "2024" and numeric_name.data.dataset_dir == "1"
     assert parse_set_overrides(["a.b=null", "a.c=3", "a.d=on"]) == {
         "a.b": None,
         "a.c": 3,

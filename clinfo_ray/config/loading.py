@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import yaml
 
 from clinfo_ray.config.sections import ConfigError
-from clinfo_ray.config.train_config import TrainConfig, _set_leaf
+from clinfo_ray.config.train_config import _SECTIONS, TrainConfig, _set_leaf
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -27,6 +29,14 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+def _is_text_field(key: str) -> bool:
+    section, _, name = key.partition(".")
+    if section not in _SECTIONS:
+        return False
+    tp = typing.get_type_hints(_SECTIONS[section]).get(name)
+    return tp is str or (typing.get_origin(tp) is types.UnionType and str in typing.get_args(tp))
+
+
 def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["optim.lr=0.3", "run.name=x"]`` -> ``{"optim.lr": 0.3, ...}``; values are YAML scalars."""
     overrides: dict[str, Any] = {}
@@ -38,6 +48,8 @@ def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
         value = yaml.load(text, Loader=_YamlLoader) if text.strip() else None
         if isinstance(value, list | dict):
             raise ConfigError(f"--set {key}: expected a scalar value; got {text!r}", key=key)
+        if value is not None and not isinstance(value, str) and _is_text_field(key):
+            value = text.strip()  # run.name=2024 is the name "2024", not the int 2024
         overrides[key] = value
     return overrides
 
