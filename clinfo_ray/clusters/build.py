@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # trained checkpoint (its inference pass arrives with the training stage).
 METADATA_METHODS = ("tags", "tags-kmeans", "hierarchy", "labels", "instance")
 INIT_CHOICES = ("afk-mc2", "random", "k-means++")  # kmeans.INIT_METHODS, without importing faiss
-GPU_CHOICES = {"auto": "auto", "yes": True, "no": False}
+GPU_CHOICES: dict[str, bool | str] = {"auto": "auto", "yes": True, "no": False}
 
 
 @dataclass(frozen=True)
