@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
-from clinfo_ray.clusters.kmeans import faiss_gpu_count, kmeans, nearest_centroid, resolve_gpu
+from clinfo_ray.clusters.kmeans import (
+    INIT_METHODS,
+    faiss_gpu_count,
+    kmeans,
+    nearest_centroid,
+    resolve_gpu,
+)
 
 
 def planted(n_per: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +42,17 @@ def test_kmeans_recovers_planted_clusters(spherical: bool) -> None:
     assert same_partition(assignments, truth)
     if spherical:
         np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("init", ["random", "afk-mc2", "k-means++"])
+def test_init_reaches_faiss(init: str) -> None:
+    """Centroids equal plain faiss.Kmeans' with the same seeding method and seed."""
+    x, _ = planted(n_per=100, k=6, d=8, seed=2)
+    _, centroids = kmeans(x, 6, niter=10, seed=5, init=init, use_gpu=False)
+    method = getattr(faiss, INIT_METHODS[init])
+    reference = faiss.Kmeans(8, 6, niter=10, seed=5, init_method=method, min_points_per_centroid=1)
+    reference.train(x)
+    np.testing.assert_allclose(centroids, reference.centroids, rtol=1e-5, atol=1e-5)
 
 
 def test_kmeans_is_deterministic_for_a_seed() -> None:

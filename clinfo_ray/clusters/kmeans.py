@@ -102,7 +102,9 @@ def kmeans(
     nearest-centroid pass over all rows; some of the k clusters may be empty.
     """
     x = _as_matrix(x)
-    km = fit_kmeans(x, k, niter=niter, nredo=nredo, seed=seed, spherical=spherical, use_gpu=use_gpu)
+    km = fit_kmeans(
+        x, k, niter=niter, nredo=nredo, seed=seed, spherical=spherical, use_gpu=use_gpu, init=init
+    )
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)  # (k, d)
     return nearest_centroid(x, centroids, spherical=spherical), centroids
 
