@@ -78,3 +78,15 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     with torch.no_grad():
         return _gather_padded(x, _gather_sizes(x.shape[0], x.device))
+
+
+def broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``x`` on every rank (same shape and dtype everywhere); ``x`` itself at size 1."""
+    if is_distributed():
+        dist.broadcast(x, src=0)
+    return x
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

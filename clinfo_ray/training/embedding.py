@@ -1,0 +1,69 @@
+"""Embeddings of a whole split on the Train workers, gathered to every rank.
+
+Every worker reads the whole (unsplit, unaugmented) split and runs the model on its own share
+(rows with ``index % world == rank``); the shares are then gathered, so the result is complete
+and exact: no row is dropped to even out the workers, as an equal split would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clinfo_ray.data.stream import IMAGE_U8, INDEX
+from clinfo_ray.distributed import gather_no_grad, rank, world_size
+from clinfo_ray.model import ContrastiveModel
+
+
+@dataclass(frozen=True)
+class SplitEmbedding:
+    """One split, rows ordered by ``index`` (the image's row in its split, ids sorted)."""
+
+    index: np.ndarray  # (n,) int64
+    features: np.ndarray  # (n, D) float32: encoder output, before the head
+    projections: np.ndarray  # (n, P) float32: head output, L2-normalised
+    labels: np.ndarray  # (n,) int64, -1 where unlabelled
+
+
+@torch.no_grad()
+def embed_split(
+    model: ContrastiveModel, shard: Any, device: torch.device, batch_size: int
+) -> SplitEmbedding:
+    """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank."""
+    was_training = model.training
+    model.eval()
+    me, world = rank(), world_size()
+    parts: dict[str, list[torch.Tensor]] = {"index": [], "features": [], "proj": [], "label": []}
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
+        mine = batch[INDEX] % world == me
+        if not bool(mine.any()):
+            continue
+        images = batch[IMAGE_U8][mine].to(device, non_blocking=True).float().div_(255.0)
+        out = model(images)
+        parts["index"].append(batch[INDEX][mine].to(device))
+        parts["label"].append(batch["label"][mine].to(device))
+        parts["features"].append(out.features.float())
+        parts["proj"].append(F.normalize(out.projections.float(), dim=-1))
+    model.train(was_training)
+    widths = {"index": None, "label": None, "features": model.feature_dim, "proj": model.proj_dim}
+    gathered = {}
+    for key, chunks in parts.items():
+        local = torch.cat(chunks) if chunks else _empty(widths[key], device, key)
+        gathered[key] = gather_no_grad(local).cpu()
+    order = torch.argsort(gathered["index"])
+    return SplitEmbedding(
+        index=gathered["index"][order].numpy(),
+        features=gathered["features"][order].numpy(),
+        projections=gathered["proj"][order].numpy(),
+        labels=gathered["label"][order].numpy(),
+    )
+
+
+def _empty(width: int | None, device: torch.device, key: str) -> torch.Tensor:
+    if width is None:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return torch.empty(0, width, dtype=torch.float32, device=device)

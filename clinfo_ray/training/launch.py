@@ -1,0 +1,153 @@
+"""Start a training run on Ray Train from the driver: clusters, streams, trainer, result.
+
+Everything that can be checked without Ray (the config, the dataset, the batch size against the
+dataset) is checked in :func:`check_before_ray`; call it before ``ray.init()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clinfo_ray.clusters.build import build_clusters, statistics_of_table
+from clinfo_ray.config import ConfigError, TrainConfig
+from clinfo_ray.data import columns as C
+from clinfo_ray.data.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_dir: Path
+    checkpoint: Path | None  # the last checkpoint directory
+    metrics: dict[str, Any]  # the last epoch's reported metrics
+    cluster_stats: dict[str, Any] | None  # of the starting table (None: iterative k-means)
+
+
+def check_before_ray(cfg: TrainConfig) -> int:
+    """Fail fast, naming the key: the dataset must exist and hold a global batch. Returns the
+    number of optimiser steps per epoch."""
+    try:
+        manifest = read_manifest(cfg.data.dataset_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.dataset_dir: {err}", key="data.dataset_dir") from None
+    train_rows = manifest.rows.get(C.TRAIN, 0)
+    steps = train_rows // cfg.global_batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"data.batch_size_per_worker: {cfg.data.batch_size_per_worker} x "
+            f"{cfg.run.num_workers} workers = {cfg.global_batch_size} images per step, but "
+            f"{cfg.data.dataset_dir} has only {train_rows} train images",
+            key="data.batch_size_per_worker",
+        )
+    if cfg.clusters.table_path and not Path(cfg.clusters.table_path).is_file():
+        raise ConfigError(
+            f"clusters.table_path: no such file {cfg.clusters.table_path!r}",
+            key="clusters.table_path",
+        )
+    return steps
+
+
+def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, dict | None]:
+    """The run's starting id -> cluster table and its statistics (None for iterative k-means,
+    which starts from instance clusters and builds its own tables in the loop)."""
+    if cfg.is_iterative_clustering:
+        return None, None
+    if cfg.clusters.table_path:
+        return cfg.clusters.table_path, statistics_of_table(
+            cfg.clusters.table_path, cfg.data.dataset_dir
+        )
+    method = cfg.cluster_method
+    path = run_dir / "clusters" / f"{method}.parquet"
+    stats_file = path.with_suffix(".stats.json")
+    if path.is_file() and stats_file.is_file():  # a resumed run keeps the clusters it had
+        return str(path), json.loads(stats_file.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats = build_clusters(
+        dataclasses.replace(cfg.clusters, method=method), cfg.data.dataset_dir, path
+    )
+    return str(path), stats
+
+
+def build_datasets(cfg: TrainConfig, drops: Any) -> dict[str, Any]:
+    """The augmented train stream, plus unaugmented train and test splits for kNN / k-means."""
+    from clinfo_ray.data.stream import build_view_stream
+    from clinfo_ray.training.worker import EMBED_TEST, EMBED_TRAIN, augmentation_of
+
+    d = cfg.data
+    train = build_view_stream(
+        d.dataset_dir,
+        augmentation=augmentation_of(cfg),
+        split=C.TRAIN,
+        augment_on=d.augment_on,
+        drops=drops,
+        cache_decoded=d.cache_decoded,
+    )
+    datasets = {"train": train}
+    needs_embeddings = cfg.eval.knn_every > 0 or cfg.is_iterative_clustering
+    if needs_embeddings:
+        plain = augmentation_of(cfg, views=1)
+        splits = {EMBED_TRAIN: C.TRAIN, EMBED_TEST: C.TEST}
+        for name, split in splits.items():
+            if name == EMBED_TEST and C.TEST not in read_manifest(d.dataset_dir).files:
+                continue
+            datasets[name] = build_view_stream(
+                d.dataset_dir,
+                augmentation=plain,
+                split=split,
+                augment_on="gpu",
+                shuffle=False,
+                drops=None,
+                cache_decoded=d.cache_decoded,
+            )
+    return datasets
+
+
+def train(cfg: TrainConfig) -> TrainOutcome:
+    """Run (or resume: same run.name and output_dir) one training run on the connected Ray."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clinfo_ray.data.stream import DropCounter
+    from clinfo_ray.training.worker import train_loop_per_worker
+
+    steps_per_epoch = check_before_ray(cfg)
+    storage = Path(cfg.run.output_dir).resolve()
+    run_dir = storage / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    table, stats = prepare_cluster_table(cfg, run_dir)
+    drops = DropCounter.create()
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if cfg.run.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "table": table,
+            "table_stats": stats,
+            "steps_per_epoch": steps_per_epoch,
+            "run_dir": str(run_dir),
+            "drops": drops,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+        ),
+        datasets=build_datasets(cfg, drops),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    return TrainOutcome(run_dir, checkpoint, dict(result.metrics or {}), stats)

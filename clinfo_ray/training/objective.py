@@ -1,0 +1,61 @@
+"""What each training method optimises, on one batch of V views per image.
+
+===============  ===========================================================================
+method           loss
+===============  ===========================================================================
+simclr           Cl-InfoNCE with every image its own cluster (NT-Xent)
+clinfonce        Cl-InfoNCE with the clusters of a table (tags, hierarchy, labels, ...)
+clinfonce-kmeans Cl-InfoNCE with clusters from k-means of the model's own embeddings
+supcon           Cl-InfoNCE with the downstream labels (unlabelled images: their own cluster)
+ce-clusters      cross-entropy of a linear classifier over the clusters, on encoder features
+===============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clinfo_ray.config import TrainConfig
+from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce
+from clinfo_ray.model import ContrastiveModel, ModelOutput
+
+
+class TrainModule(nn.Module):
+    """The model plus, for ``ce-clusters``, the cluster classifier: one module for DDP, so the
+    classifier's gradients are averaged over ranks like the encoder's."""
+
+    def __init__(self, model: ContrastiveModel, num_clusters: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.classifier = (
+            ClusterCrossEntropy(model.feature_dim, num_clusters) if num_clusters else None
+        )
+
+    def forward(self, views: torch.Tensor) -> ModelOutput:
+        return self.model(views)  # (B, V, D) features and projections
+
+
+def cluster_ids_for(
+    method: str, *, index: torch.Tensor, cluster: torch.Tensor, label: torch.Tensor
+) -> torch.Tensor:
+    """(B,) int64 ids whose equal values are positives, for the contrastive methods."""
+    if method == "simclr":
+        return index  # the image's row in its split: unique
+    if method == "supcon":  # an image without a label is its own class: -(index + 1) < 0
+        return torch.where(label >= 0, label, -(index + 1))
+    return cluster
+
+
+def batch_loss(
+    module: nn.Module, cfg: TrainConfig, batch: dict[str, torch.Tensor], out: ModelOutput
+) -> torch.Tensor:
+    """The method's loss of one batch given the model's outputs (``module`` may be DDP)."""
+    method = cfg.loss.method
+    if method == "ce-clusters":
+        classifier = getattr(module, "module", module).classifier
+        return classifier(out.features, batch["cluster"])
+    ids = cluster_ids_for(
+        method, index=batch["index"], cluster=batch["cluster"], label=batch["label"]
+    )
+    return cl_infonce(out.projections, ids, cfg.loss.temperature, cfg.loss.base_temperature)

@@ -1,0 +1,252 @@
+"""The per-worker training loop: build, restore, then for each epoch iterate, step, report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint, unwrap_model
+from clinfo_ray.config import TrainConfig
+from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.stream import DROPPED_METRIC, iter_views
+from clinfo_ray.distributed import rank
+from clinfo_ray.evaluation.knn import knn_top1
+from clinfo_ray.model import build_model, maybe_compile
+from clinfo_ray.optim import build_optimizer
+from clinfo_ray.training import cluster_state
+from clinfo_ray.training.cluster_state import ClusterState
+from clinfo_ray.training.embedding import embed_split
+from clinfo_ray.training.objective import TrainModule, batch_loss
+from clinfo_ray.training.run_log import RunLog
+
+log = logging.getLogger(__name__)
+
+EMBED_TRAIN, EMBED_TEST = "embed_train", "embed_test"
+PID_DIR = ".worker_pids"  # rank -> pid of the current attempt (operators and tests read it)
+
+
+def train_step(
+    module: nn.Module,
+    cfg: TrainConfig,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One optimiser step on one batch; returns the loss."""
+    views = batch["views"]
+    if cfg.model.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        out = module(views)
+        loss = batch_loss(module, cfg, batch, out)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())  # CPU-GPU sync point, once a step
+
+
+def _epochs_to_recluster(cfg: TrainConfig, epoch: int) -> bool:
+    if not cfg.is_iterative_clustering or epoch <= cfg.clusters.warmup_epochs:
+        return False
+    return (epoch - cfg.clusters.warmup_epochs - 1) % cfg.clusters.recluster_every == 0
+
+
+def _knn_due(cfg: TrainConfig, epoch: int) -> bool:
+    every = cfg.eval.knn_every
+    return every > 0 and (epoch % every == 0 or epoch == cfg.optim.epochs)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``loop_config``: config (a plain dict), table, steps_per_epoch,
+    run_dir, drops (a DropCounter or None), table_stats (dict or None)."""
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    torch.manual_seed(cfg.run.seed)
+    device = ray.train.torch.get_device()
+    _record_pid(run_dir)
+    clusters = ClusterState(
+        0, cluster_state.table_assignment(cfg.data.dataset_dir, loop_config["table"])
+    )
+    num_clusters = clusters.num_clusters if cfg.loss.method == "ce-clusters" else None
+    module = TrainModule(build_model(cfg.model), num_clusters)
+    optimizer, scheduler = build_optimizer(module, cfg.optim, loop_config["steps_per_epoch"])
+    epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(
+                directory,
+                model=module.model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_module=module.classifier,
+                model_config=cfg.model,
+            )
+            clusters = cluster_state.load_state(Path(directory), clusters)
+        epoch, step = state.epoch, state.step
+        log.info("rank %d resumes after epoch %d (step %d)", rank(), epoch, step)
+    module = ray.train.torch.prepare_model(
+        maybe_compile(module, cfg.model),
+        parallel_strategy_kwargs={"find_unused_parameters": cfg.loss.method == "ce-clusters"},
+    )
+    run_log = RunLog(run_dir, cfg.optim.epochs) if rank() == 0 else None
+    if run_log is not None and epoch == 0 and loop_config.get("table_stats"):
+        _log_cluster_stats(run_log, loop_config["table_stats"], 0)
+    augmentation = _gpu_augmentation(cfg)
+    while epoch < cfg.optim.epochs:
+        epoch += 1
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if _epochs_to_recluster(cfg, epoch):
+            clusters = _recluster(module, cfg, clusters, device, run_dir, run_log, step)
+        losses, images = [], 0
+        for batch in iter_views(
+            batch_size=cfg.data.batch_size_per_worker, device=device, augmentation=augmentation
+        ):
+            batch["cluster"] = clusters.ids(batch["index"])
+            losses.append(train_step(module, cfg, batch, optimizer, scheduler))
+            images += batch["views"].shape[0]
+            step += 1
+        seconds = time.perf_counter() - start
+        metrics = {
+            "train/loss": sum(losses) / max(len(losses), 1),
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "train/images_per_s": images * ray.train.get_context().get_world_size() / seconds,
+            "train/epoch_seconds": seconds,
+            "clusters/version": float(clusters.version),
+        }
+        if _knn_due(cfg, epoch):
+            metrics["eval/knn_top1"] = _online_knn(module, cfg, device)
+        if loop_config.get("drops") is not None:
+            metrics[DROPPED_METRIC] = float(loop_config["drops"].count())
+        _report(module, cfg, optimizer, scheduler, clusters, run_log, epoch, step, metrics)
+    if run_log is not None:
+        run_log.close()
+
+
+def _report(
+    module: nn.Module,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    clusters: ClusterState,
+    run_log: RunLog | None,
+    epoch: int,
+    step: int,
+    metrics: dict[str, float],
+) -> None:
+    """Rank 0 writes the checkpoint directory and the logs; every rank reports (a barrier)."""
+    metrics = {**metrics, "epoch": float(epoch), "step": float(step)}
+    if run_log is None:
+        ray.train.report(metrics)
+        return
+    run_log.scalars(metrics, step)
+    run_log.record({"event": "epoch", **metrics})
+    run_log.epoch_done(epoch, metrics["train/epoch_seconds"], metrics)
+    inner = unwrap_model(module)
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(
+            directory,
+            model=inner.model,
+            epoch=epoch,
+            step=step,
+            config=cfg,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_module=inner.classifier,
+            cluster_table_version=clusters.version,
+            extra={"metrics": metrics},
+        )
+        cluster_state.save_state(clusters, Path(directory))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}",
+        )
+
+
+def _recluster(
+    module: nn.Module,
+    cfg: TrainConfig,
+    old: ClusterState,
+    device: torch.device,
+    run_dir: Path,
+    run_log: RunLog | None,
+    step: int,
+) -> ClusterState:
+    model = unwrap_model(module).model
+    shard = ray.train.get_dataset_shard(EMBED_TRAIN)
+    embedding = embed_split(model, shard, device, cfg.eval.linear_batch_size)
+    new = cluster_state.recluster(embedding, cfg.clusters, cfg.run.seed, old.version + 1, device)
+    if run_log is not None:
+        stats = cluster_state.publish(new, embedding, cfg.data.dataset_dir, run_dir)
+        _log_cluster_stats(run_log, stats, step)
+    return new
+
+
+def _log_cluster_stats(run_log: RunLog, stats: dict[str, Any], step: int) -> None:
+    keys = (
+        "num_clusters",
+        "cluster_entropy_bits",
+        "mutual_information_bits",
+        "conditional_entropy_bits",
+        "label_entropy_bits",
+    )
+    values = {f"clusters/{k}": float(stats[k]) for k in keys if stats.get(k) is not None}
+    run_log.scalars(values, step)
+    run_log.record({"event": "clusters", **stats})
+
+
+def _online_knn(module: nn.Module, cfg: TrainConfig, device: torch.device) -> float:
+    model = unwrap_model(module).model
+    bank = embed_split(
+        model, ray.train.get_dataset_shard(EMBED_TRAIN), device, cfg.eval.linear_batch_size
+    )
+    queries = embed_split(
+        model, ray.train.get_dataset_shard(EMBED_TEST), device, cfg.eval.linear_batch_size
+    )
+    if rank() != 0 or not len(queries.index):
+        return math.nan
+    return knn_top1(
+        bank.features,
+        bank.labels,
+        queries.features,
+        queries.labels,
+        k=cfg.eval.knn_k,
+        temperature=cfg.eval.knn_temperature,
+    )
+
+
+def _gpu_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
+    if cfg.data.augment_on != "gpu":
+        return None
+    return augmentation_of(cfg)
+
+
+def augmentation_of(cfg: TrainConfig, views: int | None = None) -> ViewAugmentation:
+    d = cfg.data
+    return ViewAugmentation(
+        size=d.image_size,
+        views=views or d.views,
+        min_scale=d.crop_scale_min,
+        jitter=d.color_jitter,
+        jitter_prob=d.color_jitter_prob,
+        grayscale_prob=d.grayscale_prob,
+    )
+
+
+def _record_pid(run_dir: Path) -> None:
+    folder = run_dir / PID_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{rank()}").write_text(str(os.getpid()))
