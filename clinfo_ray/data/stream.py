@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
 DROPPED_METRIC = "data/dropped_images"
 AUGMENT_ON = ("cpu", "gpu")
+MAX_SHUFFLE_BLOCKS = 512
 
 
 @ray.remote(num_cpus=0)
@@ -222,7 +223,10 @@ def build_view_stream(
         views = AugmentViews(on_cpu)
         return ds.map_batches(views, batch_size=decode_batch_size, batch_format="numpy")
     if shuffle:
-        ds = ds.random_shuffle()
+        # Enough output blocks for one decode task per batch: a split with one Parquet file
+        # would otherwise be one block, decoded by one task on one core.
+        blocks = min(MAX_SHUFFLE_BLOCKS, max(1, -(-len(lookup.ids) // decode_batch_size)))
+        ds = ds.random_shuffle().repartition(blocks)
     transform = DecodeViews(lookup=lookup, decode_size=size, augmentation=on_cpu, drops=drops)
     return ds.map_batches(transform, batch_size=decode_batch_size, batch_format="pyarrow")
 
