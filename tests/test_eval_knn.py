@@ -27,14 +27,16 @@ def reference_predict(
     return np.array(pred)
 
 
-def planted(rng: np.random.Generator, n: int, centres: np.ndarray, noise: float):
+def planted(
+    rng: np.random.Generator, n: int, centres: np.ndarray, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, len(centres), n)
     x = centres[y] + noise * rng.standard_normal((n, centres.shape[1]))
     return x.astype(np.float32), y
 
 
 @pytest.mark.parametrize("k,t", [(1, 0.07), (5, 0.07), (20, 0.5), (20, 0.01)])
-def test_matches_reference_on_overlapping_clusters(k, t):
+def test_matches_reference_on_overlapping_clusters(k: int, t: float) -> None:
     rng = np.random.default_rng(k)
     centres = rng.standard_normal((6, 16))
     train_x, train_y = planted(rng, 300, centres, noise=1.2)
@@ -47,7 +49,7 @@ def test_matches_reference_on_overlapping_clusters(k, t):
     assert 0.3 < acc < 0.99  # the noise makes mistakes: a metric that could be wrong
 
 
-def test_separated_clusters_score_one_and_random_labels_chance():
+def test_separated_clusters_score_one_and_random_labels_chance() -> None:
     rng = np.random.default_rng(0)
     centres = 10 * np.eye(8, 32)
     train_x, train_y = planted(rng, 400, centres, noise=0.3)
@@ -57,7 +59,7 @@ def test_separated_clusters_score_one_and_random_labels_chance():
     assert knn_top1(train_x, shuffled, test_x, test_y, use_gpu=False) < 0.25  # chance: 1/8
 
 
-def test_k_larger_than_train_set_and_unlabelled_rows():
+def test_k_larger_than_train_set_and_unlabelled_rows() -> None:
     train_x = np.array([[1, 0], [0.9, 0.1], [0, 1], [5, 5]], dtype=np.float32)
     train_y = np.array([0, 0, 1, -1])  # the unlabelled row never votes
     test_x = np.array([[1, 0.05], [0.05, 1], [1, 1]], dtype=np.float32)
@@ -69,7 +71,7 @@ def test_k_larger_than_train_set_and_unlabelled_rows():
     assert acc == 1.0  # the unlabelled test row is not scored
 
 
-def test_ties_go_to_the_most_similar_neighbour():
+def test_ties_go_to_the_most_similar_neighbour() -> None:
     # Two neighbours at equal similarity per class would tie; the nearer class wins instead.
     train_x = np.array([[1, 0.2], [1, -0.2], [1, 0.1]], dtype=np.float32)
     train_y = np.array([3, 3, 1])
@@ -80,7 +82,7 @@ def test_ties_go_to_the_most_similar_neighbour():
     assert got.tolist()[0] in (2, 4)
 
 
-def test_bad_input_is_an_error():
+def test_bad_input_is_an_error() -> None:
     x = np.ones((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="train_labels"):
         knn_predict(x, np.zeros(3, dtype=int), x)

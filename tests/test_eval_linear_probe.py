@@ -12,14 +12,16 @@ from clinfo_ray.evaluation.linear_probe import linear_probe, topk_accuracy
 CFG = EvalConfig(linear_epochs=30, linear_lr=0.1, linear_batch_size=256)
 
 
-def separable(rng: np.random.Generator, n: int, centres: np.ndarray):
+def separable(
+    rng: np.random.Generator, n: int, centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian classes around far-apart centres, shifted and scaled (standardisation matters)."""
     y = rng.integers(0, len(centres), n)
     x = centres[y] + rng.standard_normal((n, centres.shape[1]))
     return (x * 3.0 + 7.0).astype(np.float32), y
 
 
-def test_separable_data_is_learned():
+def test_separable_data_is_learned() -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((10, 256)) * 0.5  # centres ~11 apart, noise 1 per dim
     train_x, train_y = separable(rng, 2000, centres)
@@ -31,7 +33,7 @@ def test_separable_data_is_learned():
     assert res["num_classes"] == 10 and res["train_rows"] == 2000 and res["test_rows"] == 500
 
 
-def test_planted_clusters_score_one_and_random_labels_chance():
+def test_planted_clusters_score_one_and_random_labels_chance() -> None:
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((8, 32)) * 4
     y = rng.integers(0, 8, 1200)
@@ -44,7 +46,7 @@ def test_planted_clusters_score_one_and_random_labels_chance():
     assert res["train_top1"] > res["top1"]  # memorised noise does not carry over
 
 
-def test_deterministic_for_a_seed_and_unlabelled_rows_dropped():
+def test_deterministic_for_a_seed_and_unlabelled_rows_dropped() -> None:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 16)).astype(np.float32)
     y = rng.integers(0, 3, 300)
@@ -56,13 +58,13 @@ def test_deterministic_for_a_seed_and_unlabelled_rows_dropped():
     assert a["num_classes"] == 3 and a["top5"] == 1.0  # top-5 of 3 classes is top-3
 
 
-def test_topk_accuracy_by_hand():
+def test_topk_accuracy_by_hand() -> None:
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
     labels = torch.tensor([1, 2, 0])
     assert topk_accuracy(logits, labels, (1, 2, 5)) == pytest.approx([1 / 3, 2 / 3, 1.0])
 
 
-def test_bad_input_is_an_error():
+def test_bad_input_is_an_error() -> None:
     x = np.ones((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="train"):
         linear_probe(x, np.zeros(5, dtype=int), x, np.zeros(4, dtype=int), CFG)

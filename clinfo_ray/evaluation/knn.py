@@ -46,11 +46,10 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
 
 
 def _flat_index(train: np.ndarray, k: int, use_gpu: bool | str) -> faiss.Index:
-    index = faiss.IndexFlatIP(train.shape[1])
+    index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
     if resolve_gpu(use_gpu) and k <= _GPU_MAX_K:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-        index.referenced_resources = resources  # keep them alive as long as the index
+        # faiss's Python wrapper keeps a reference to the resources inside the GPU index.
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(train)
     return index
 

@@ -1,0 +1,182 @@
+"""Frozen encoder features of one split, computed once over Ray Data.
+
+    Parquet (id, image, label) -> DecodeImages (CPU tasks) -> EncodeImages (actor pool) -> driver
+
+Images are decoded at the checkpoint's ``data.image_size`` (shorter side resized, centre
+square: the same decode the training stream uses, without any augmentation), scaled to [0, 1]
+as training feeds them, and passed through the encoder only (``model.encode``: before the
+projection head) in eval mode, so BatchNorm uses its running statistics and a row's features do
+not depend on the rest of its batch. Each actor of the pool loads the checkpoint once; the
+checkpoint and dataset paths must be readable on every node (shared storage on a cluster).
+Decoding runs in separate CPU tasks so GPU actors are not left waiting on PIL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint_state
+from clinfo_ray.data import columns as C
+from clinfo_ray.data.decode import decode_batch
+from clinfo_ray.data.manifest import read_manifest, split_files
+
+log = logging.getLogger(__name__)
+
+FEATURES, IMAGE_U8 = "features", "image_u8"
+
+
+class DecodeImages:
+    """Ray Data transform: encoded images -> (id, label, split, image_u8 (B, 3, S, S) uint8).
+
+    Rows that fail to decode are dropped (and logged); a missing label becomes -1.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        torch.set_num_threads(1)
+        images, ok, reasons = decode_batch(batch.column(C.IMAGE).to_pylist(), self.size)
+        ids = np.asarray(batch.column(C.ID).to_pylist(), dtype=object)
+        if not ok.all():
+            log.warning("dropped %d undecodable image(s), e.g. %s", (~ok).sum(), reasons[0])
+        labels = batch.column(C.LABEL).combine_chunks().fill_null(-1).to_numpy(zero_copy_only=False)
+        split = np.asarray(batch.column(C.SPLIT).to_pylist(), dtype=object)
+        return {
+            C.ID: ids[ok],
+            C.LABEL: labels.astype(np.int64)[ok],
+            C.SPLIT: split[ok],
+            IMAGE_U8: images,
+        }
+
+
+class EncodeImages:
+    """Ray Data actor: decoded images -> encoder features (B, D) float32; the model is loaded
+    from the checkpoint once, when the actor starts."""
+
+    def __init__(self, checkpoint_dir: str, use_gpu: bool, threads: int) -> None:
+        if not use_gpu:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model, _ = load_model_from_checkpoint(checkpoint_dir, map_location=self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.ascontiguousarray(batch.pop(IMAGE_U8)))
+        with torch.inference_mode():
+            x = images.to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S)
+            features = self.model.encode(x).float().cpu().numpy()  # (B, D)
+        return {**batch, FEATURES: features}
+
+
+def default_num_actors(use_gpu: bool) -> int:
+    """One actor per GPU of the cluster; on CPUs, half the cluster's CPUs (decoding gets the
+    rest), at least one."""
+    resources = ray.cluster_resources()
+    if use_gpu:
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int(resources.get("CPU", 1)) // 2)
+
+
+class SplitFeatures(NamedTuple):
+    """One split's frozen features, rows sorted by image id."""
+
+    features: np.ndarray  # (n, D) float32: encoder output, before the head
+    labels: np.ndarray  # (n,) int64, -1 where the image has no label
+    ids: np.ndarray  # (n,) str objects
+
+
+def extract_split_features(
+    checkpoint_dir: str | Path,
+    data_dir: str | Path,
+    splits: Sequence[str] = C.SPLITS,
+    *,
+    batch_size: int = 256,
+    use_gpu: bool = False,
+    num_actors: int | None = None,
+    cpus_per_actor: float = 1.0,
+) -> dict[str, SplitFeatures]:
+    """Encoder features of every decodable image of ``splits``, in one pass over Ray Data (the
+    actors load the model once for all splits). ``num_actors`` defaults to
+    :func:`default_num_actors`; with ``use_gpu`` each actor takes one GPU. Needs a running Ray
+    (Ray Data starts a local one otherwise)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    checkpoint_dir = Path(checkpoint_dir).resolve()
+    size = read_checkpoint_state(checkpoint_dir).train_config().data.image_size
+    files = [f for split in splits for f in split_files(data_dir, split)]
+    num_actors = num_actors or default_num_actors(use_gpu)
+    ds = ray.data.read_parquet(files).select_columns([C.ID, C.IMAGE, C.LABEL, C.SPLIT])
+    ds = ds.map_batches(DecodeImages(size), batch_size=batch_size, batch_format="pyarrow")
+    ds = ds.map_batches(
+        EncodeImages,
+        fn_constructor_kwargs={
+            "checkpoint_dir": str(checkpoint_dir),
+            "use_gpu": use_gpu,
+            "threads": max(1, int(cpus_per_actor)),
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=cpus_per_actor,
+    )
+    result = _collect(ds, splits)
+    rows = read_manifest(data_dir).rows
+    for split, part in result.items():
+        if rows.get(split, len(part.ids)) != len(part.ids):
+            log.warning(
+                "%s: %d of %d images undecodable", split, rows[split] - len(part.ids), rows[split]
+            )
+    return result
+
+
+def extract_features(
+    checkpoint_dir: str | Path,
+    data_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int = 256,
+    use_gpu: bool = False,
+    num_actors: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (n, D) float32, labels (n,) int64 with -1 for "no label", ids (n,)) of one
+    split, sorted by image id; see :func:`extract_split_features`."""
+    part = extract_split_features(
+        checkpoint_dir,
+        data_dir,
+        (split,),
+        batch_size=batch_size,
+        use_gpu=use_gpu,
+        num_actors=num_actors,
+    )[split]
+    return part.features, part.labels, part.ids
+
+
+def _collect(ds: Any, splits: Sequence[str]) -> dict[str, SplitFeatures]:
+    """Concatenate the stream's batches on the driver, separate the splits, sort by id."""
+    parts: dict[str, list[np.ndarray]] = {C.ID: [], C.LABEL: [], C.SPLIT: [], FEATURES: []}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, chunks in parts.items():
+            chunks.append(batch[key])
+    if not parts[C.ID]:
+        raise ValueError(f"no decodable images in split(s) {list(splits)}")
+    ids = np.concatenate(parts[C.ID]).astype(str)
+    split_of = np.concatenate(parts[C.SPLIT]).astype(str)
+    labels = np.concatenate(parts[C.LABEL]).astype(np.int64)
+    features = np.concatenate(parts[FEATURES]).astype(np.float32, copy=False)
+    result = {}
+    for split in splits:
+        rows = np.flatnonzero(split_of == split)
+        rows = rows[np.argsort(ids[rows], kind="stable")]
+        result[split] = SplitFeatures(
+            np.ascontiguousarray(features[rows]), labels[rows], ids[rows].astype(object)
+        )
+    return result
