@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != module_name:
+            if err.name is None or not module_name.startswith(err.name):
                 raise
             sub.add_parser(name, help=f"{help_text} (not built yet)")
             continue
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     module_name = COMMANDS[args.command][0]
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as err:
+        if err.name is None or not module_name.startswith(err.name):
+            raise
         print(f"clinfo-ray {args.command}: not built yet", file=sys.stderr)
         return 2
     return int(module.run(args) or 0)

@@ -96,11 +96,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             clusters = cluster_state.load_state(Path(directory), clusters)
         epoch, step = state.epoch, state.step
         log.info("rank %d resumes after epoch %d (step %d)", rank(), epoch, step)
+        resumed_after: int | None = epoch
+    else:
+        resumed_after = None
     module = ray.train.torch.prepare_model(
         maybe_compile(module, cfg.model),
         parallel_strategy_kwargs={"find_unused_parameters": cfg.loss.method == "ce-clusters"},
     )
     run_log = RunLog(run_dir, cfg.optim.epochs) if rank() == 0 else None
+    if run_log is not None and resumed_after is not None:
+        run_log.record({"event": "resume", "after_epoch": resumed_after, "step": step})
     if run_log is not None and epoch == 0 and loop_config.get("table_stats"):
         _log_cluster_stats(run_log, loop_config["table_stats"], 0)
     augmentation = _gpu_augmentation(cfg)

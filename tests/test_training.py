@@ -1,0 +1,189 @@
+"""End-to-end training on a session Ray: 2 workers, checkpoints that reload, logs, and resume
+after a real worker process is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint_state
+from clinfo_ray.config import ConfigError, TrainConfig, load_config
+from clinfo_ray.data.prepare import PrepareConfig, prepare
+from clinfo_ray.training.launch import check_before_ray, train
+from clinfo_ray.training.worker import PID_DIR
+from tests.test_prepare_imagefolder import draw_shapes
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def shapes(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 train + 12 test drawn shapes, labelled by shape, tagged by colour and shape."""
+    root = tmp_path_factory.mktemp("train_shapes")
+    records = draw_shapes(root / "img", 60, size=20)
+    lines = ["path,tags,label,split"]
+    for i, r in enumerate(records):
+        split = "test" if i % 5 == 0 else "train"
+        lines.append(f"{r['path']},{'|'.join(r['tags'])},{r['label']},{split}")
+    (root / "a.csv").write_text("\n".join(lines) + "\n")
+    out = root / "ds"
+    prepare(
+        PrepareConfig(
+            "imagefolder", str(out), images=str(root / "img"), annotations=str(root / "a.csv")
+        )
+    )
+    return out
+
+
+def _config(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
+    return load_config(
+        "configs/quickstart.yaml",
+        [
+            f"data.dataset_dir={data}",
+            "data.image_size=16",
+            "data.batch_size_per_worker=8",
+            "model.cnn_width=8",
+            "clusters.method=tags",
+            "clusters.top_k=2",
+            "optim.epochs=2",
+            "optim.warmup_epochs=1",
+            "eval.knn_every=1",
+            "eval.knn_k=5",
+            f"run.output_dir={out}",
+            f"run.name={name}",
+            "run.cpus_per_worker=0.5",
+            *extra,
+        ],
+    )
+
+
+def _records(run_dir: Path, event: str) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["event"] == event]
+
+
+def test_two_workers_train_log_and_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _config(shapes, tmp_path, "smoke")
+    outcome = train(cfg)
+    assert outcome.metrics["epoch"] == 2.0
+    assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
+    assert outcome.metrics["data/dropped_images"] == 0.0
+    # tags top-2 over {colour, shape}: at most 4 clusters, and it must find more than one
+    assert 1 < outcome.cluster_stats["num_clusters"] <= 4
+
+    model, saved_cfg = load_model_from_checkpoint(outcome.checkpoint)
+    assert saved_cfg == cfg
+    state = read_checkpoint_state(outcome.checkpoint)
+    assert (state.epoch, state.step) == (2, 2 * (48 // 16))
+    assert state.cluster_table_version == 0
+    out = model(torch.rand(3, 3, 16, 16))
+    assert out.projections.shape == (3, 128) and torch.isfinite(out.projections).all()
+
+    epochs = _records(outcome.run_dir, "epoch")
+    assert [r["epoch"] for r in epochs] == [1.0, 2.0]
+    assert all(r["train/loss"] > 0 for r in epochs)
+    assert (
+        _records(outcome.run_dir, "clusters")[0]["num_clusters"]
+        == outcome.cluster_stats["num_clusters"]
+    )
+    events = EventAccumulator(str(outcome.run_dir / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [3, 6]
+    assert len(events.Scalars("eval/knn_top1")) == 2
+    assert "clusters/mutual_information_bits" in events.Tags()["scalars"]
+
+
+def test_iterative_kmeans_rebuilds_clusters_and_keeps_version(shapes: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        shapes,
+        tmp_path,
+        "kmeans",
+        "loss.method=clinfonce-kmeans",
+        "clusters.k=4",
+        "clusters.warmup_epochs=1",
+        "optim.epochs=3",
+        "eval.knn_every=0",
+    )
+    outcome = train(cfg)
+    rebuilds = _records(outcome.run_dir, "clusters")
+    assert [r["version"] for r in rebuilds] == [1, 2]  # epochs 2 and 3, after 1 warm-up epoch
+    assert all(1 <= r["num_clusters"] <= 4 for r in rebuilds)
+    assert (outcome.run_dir / "clusters" / "kmeans-v0002.parquet").is_file()
+    assert read_checkpoint_state(outcome.checkpoint).cluster_table_version == 2
+    versions = [r["clusters/version"] for r in _records(outcome.run_dir, "epoch")]
+    assert versions == [0.0, 1.0, 2.0]
+
+
+def _registered_epoch(run_dir: Path) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered (0 if none)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(name.removeprefix("checkpoint_epoch"))
+
+
+def _kill_a_worker_after_epoch(run_dir: Path, epoch: int, killed: list[int]) -> None:
+    """SIGKILL the rank-1 worker process once the checkpoint of ``epoch`` is registered."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        registered = _registered_epoch(run_dir)
+        if registered >= epoch:
+            pid = int((run_dir / PID_DIR / "rank1").read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.extend([pid, registered])
+            return
+        time.sleep(0.02)
+
+
+def test_killed_worker_resumes_from_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        shapes, tmp_path, "faulty", "optim.epochs=8", "run.max_failures=2", "eval.knn_every=0"
+    )
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=_kill_a_worker_after_epoch, args=(tmp_path / "faulty", 2, killed), daemon=True
+    )
+    killer.start()
+    outcome = train(cfg)
+    killer.join(timeout=5)
+    assert killed, "the test never killed a worker"
+    pid, registered = killed
+    assert outcome.metrics["epoch"] == 8.0
+    # Resumed from the newest registered checkpoint (or a later one, reported meanwhile).
+    resumes = _records(outcome.run_dir, "resume")
+    assert len(resumes) == 1 and resumes[0]["after_epoch"] >= registered >= 2
+    assert int((outcome.run_dir / PID_DIR / "rank1").read_text()) != pid
+    epochs = [r["epoch"] for r in _records(outcome.run_dir, "epoch")]
+    assert epochs[-1] == 8.0 and 1.0 not in epochs[epochs.index(float(registered)) :]
+    state = read_checkpoint_state(outcome.checkpoint)
+    assert (state.epoch, state.step) == (8, 8 * 3)
+
+
+def test_same_run_name_resumes_instead_of_starting_over(shapes: Path, tmp_path: Path) -> None:
+    first = train(_config(shapes, tmp_path, "again", "eval.knn_every=0"))
+    assert first.metrics["epoch"] == 2.0
+    # The same run, now asked for 3 epochs: it continues after epoch 2.
+    second = train(_config(shapes, tmp_path, "again", "eval.knn_every=0", "optim.epochs=3"))
+    assert second.metrics["epoch"] == 3.0
+    assert [r["epoch"] for r in _records(second.run_dir, "epoch")] == [1.0, 2.0, 3.0]
+    assert [r["after_epoch"] for r in _records(second.run_dir, "resume")] == [2]
+
+
+def test_bad_config_fails_before_ray_naming_the_key(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.batch_size_per_worker"):
+        check_before_ray(_config(shapes, tmp_path, "big", "data.batch_size_per_worker=64"))
+    with pytest.raises(ConfigError, match=r"data\.dataset_dir"):
+        check_before_ray(_config(tmp_path / "nowhere", tmp_path, "none"))
