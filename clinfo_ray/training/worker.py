@@ -71,6 +71,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: config (a plain dict), table, steps_per_epoch,
     run_dir, drops (a DropCounter or None), table_stats (dict or None)."""
     cfg = TrainConfig.from_dict(loop_config["config"])
+    for noisy in ("ray.train", "ray.data"):  # one line per report and per dataset execution
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(loop_config["run_dir"])
     torch.manual_seed(cfg.run.seed)
     device = ray.train.torch.get_device()

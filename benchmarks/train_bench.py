@@ -1,0 +1,121 @@
+"""Training images/s: Ray Train with 1 and 2 workers against a plain single-process loop.
+
+Same model (the config's), same global batch, same data (the train split of a prepared set,
+decoded once), same augmentation (``ViewAugmentation``, 2 views), same loss. The plain loop
+augments in its own process; Ray Train gets its views from the Ray Data stream (decoded once,
+shuffled and augmented each epoch in Ray Data tasks). Images/s is the mean over the epochs after
+the first (warm-up). The plain loop runs before Ray starts, so nothing else competes with it.
+
+    python benchmarks/train_bench.py --data data/emoji --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from clinfo_ray.config import TrainConfig, load_config
+from clinfo_ray.data import columns as C
+from clinfo_ray.data.decode import decode_batch
+from clinfo_ray.data.manifest import split_files
+from clinfo_ray.model import build_model
+from clinfo_ray.optim import build_optimizer
+from clinfo_ray.training.objective import TrainModule
+from clinfo_ray.training.worker import augmentation_of, train_step
+
+
+def plain_loop(cfg: TrainConfig, epochs: int) -> list[float]:
+    """Images/s of each epoch of a single-process loop over the decoded train split."""
+    table = pq.read_table(split_files(cfg.data.dataset_dir, C.TRAIN), columns=[C.IMAGE])
+    images, ok, _ = decode_batch(table.column(C.IMAGE).to_pylist(), cfg.data.image_size)
+    images = torch.from_numpy(np.ascontiguousarray(images[ok]))  # (n, 3, S, S) uint8
+    batch = cfg.global_batch_size
+    steps = len(images) // batch
+    augment = augmentation_of(cfg)
+    torch.manual_seed(cfg.run.seed)
+    module = TrainModule(build_model(cfg.model), None)
+    optimizer, scheduler = build_optimizer(module, cfg.optim, steps)
+    rates = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(images))
+        for i in range(steps):
+            index = order[i * batch : (i + 1) * batch]
+            views = augment(images[index], dtype=torch.float32)
+            step_batch = {"views": views, "index": index, "cluster": index, "label": index}
+            train_step(module, cfg, step_batch, optimizer, scheduler)
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+def ray_train(cfg: TrainConfig, workers: int, out: Path) -> list[float]:
+    """Images/s of each epoch of ``train`` with ``workers`` workers (from metrics.jsonl)."""
+    from clinfo_ray.config import apply_overrides
+    from clinfo_ray.training.launch import train
+
+    run = apply_overrides(
+        cfg,
+        {
+            "run.num_workers": workers,
+            "run.cpus_per_worker": 2.0 / workers,
+            "data.batch_size_per_worker": cfg.global_batch_size // workers,
+            "run.name": f"bench-{workers}",
+            "run.output_dir": str(out),
+        },
+    )
+    outcome = train(run)
+    records = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").open()]
+    return [r["train/images_per_s"] for r in records if r["event"] == "epoch"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    cfg = load_config(
+        args.config,
+        [
+            f"data.dataset_dir={args.data}",
+            f"optim.epochs={args.epochs}",
+            "optim.warmup_epochs=1",
+            "eval.knn_every=0",
+            "loss.method=simclr",
+            *args.overrides,
+        ],
+    )
+    results = {"plain loop (1 process)": plain_loop(cfg, args.epochs)}
+    from clinfo_ray.training.ray_session import ensure_ray
+
+    ensure_ray(None, cfg)
+    out = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    try:
+        for workers in (1, 2):
+            results[f"Ray Train, {workers} worker(s)"] = ray_train(cfg, workers, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    base = statistics.mean(results["plain loop (1 process)"][1:])
+    print(
+        f"model={cfg.model.backbone} width={cfg.model.cnn_width} size={cfg.data.image_size} "
+        f"global batch={cfg.global_batch_size} views={cfg.data.views} epochs={args.epochs}"
+    )
+    print("| loop | images/s (epochs 2..N) | vs plain loop |")
+    print("|---|---:|---:|")
+    for name, rates in results.items():
+        mean = statistics.mean(rates[1:])
+        print(f"| {name} | {mean:.0f} | {mean / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
