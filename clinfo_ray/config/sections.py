@@ -138,7 +138,8 @@ class ClustersConfig(_Section):
 
     def _validate(self) -> None:
         self._require(self.k >= 2, "k", ">= 2")
-        self._require(self.top_k >= 1, "top_k", ">= 1")
+        # k bits are packed into one int64 code per image
+        self._require(1 <= self.top_k <= 62, "top_k", "in 1..62")
         self._require(bool(self.hierarchy_column), "hierarchy_column", "a column name")
         self._require(self.table_path is None or bool(self.table_path), "table_path", "a path")
         self._require(self.recluster_every >= 1, "recluster_every", ">= 1")
