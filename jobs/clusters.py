@@ -2,10 +2,15 @@
 
     ray job submit --working-dir . -- python jobs/clusters.py \
         --data data/emoji --method tags-kmeans --k 100 --out clusters/emoji_k100.parquet
+    ray job submit --working-dir . -- python jobs/clusters.py --data data/emoji \
+        --method kmeans --checkpoint runs/x/checkpoint_000059 --k 2500 --out clusters/km.parquet
 
 The metadata methods (tags, tags-kmeans, hierarchy, labels, instance) run in this process with
-faiss and pyarrow; the driver's Ray cluster is only needed by `kmeans`, whose inference pass over
-a checkpoint arrives with the training stage.
+faiss and pyarrow, without Ray. `kmeans` embeds the dataset with the checkpoint over the Ray
+cluster (an actor pool, one GPU each when the cluster has GPUs; the checkpoint and the dataset
+must be readable on every node), then runs faiss k-means here. run() checks the checkpoint
+before ray.init(), which attaches to the cluster under `ray job submit` (RAY_ADDRESS) and starts
+a local Ray otherwise.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_stats_only_rejects_a_table_missing_ids(data: Path, capsys: pytest.Captu
     [
         (["--method", "tags", "--top-k", "9"], "--top-k 9 is larger than the number of tags"),
         (["--method", "tags", "--top-k", "9"], "has 4 distinct tags"),  # x y z w; q is test-only
-        (["--method", "kmeans", "--checkpoint", "ck"], "not built yet"),
+        (["--method", "kmeans", "--checkpoint", "ck"], "ck has no state.json"),
         (["--method", "hierarchy", "--column", "style"], "no column 'style'"),
         (["--method", "tags-kmeans", "--k", "1"], "clusters.k"),
     ],

@@ -16,6 +16,7 @@ import pyarrow as pa
 from clinfo_ray.config import ClustersConfig
 from clinfo_ray.data import columns as C
 
+from .from_embeddings import Embeddings, align_embeddings, embedding_kmeans_clusters
 from .from_tags import tag_presence, tags_kmeans_clusters, top_k_tag_clusters
 from .metadata import label_codes, read_metadata, train_mask
 from .statistics import UNLABELLED, cluster_statistics
@@ -24,8 +25,9 @@ from .table import clusters_for, contiguous, read_table, validate_table, write_t
 log = logging.getLogger(__name__)
 
 # Methods that need only the dataset's metadata columns; `kmeans` clusters the embeddings of a
-# trained checkpoint (its inference pass arrives with the training stage).
+# trained checkpoint, computed by the caller (clusters/cli.py runs the Ray Data inference pass).
 METADATA_METHODS = ("tags", "tags-kmeans", "hierarchy", "labels", "instance")
+EMBEDDING_METHODS = ("kmeans",)
 INIT_CHOICES = ("afk-mc2", "random", "k-means++")  # kmeans.INIT_METHODS, without importing faiss
 GPU_CHOICES: dict[str, bool | str] = {"auto": "auto", "yes": True, "no": False}
 
@@ -80,17 +82,24 @@ def metadata_columns(config: ClustersConfig) -> list[str]:
 
 
 def assign_clusters(
-    config: ClustersConfig, metadata: pa.Table, options: BuildOptions = BuildOptions()
+    config: ClustersConfig,
+    metadata: pa.Table,
+    options: BuildOptions = BuildOptions(),
+    embeddings: Embeddings | None = None,
 ) -> tuple[np.ndarray, dict]:
     """(n,) int64 clusters 0..K-1 for the rows of `metadata`, and what the method chose.
 
-    `metadata` holds the columns `metadata_columns(config)` names.
+    `metadata` holds the columns `metadata_columns(config)` names; `embeddings` (by image id)
+    are what the `kmeans` method clusters, and only it.
     """
-    if config.method not in METADATA_METHODS:
-        raise ValueError(
-            f"method {config.method!r} clusters a checkpoint's embeddings; it needs the training "
-            "stage's inference pass and is not built yet"
-        )
+    if config.method in EMBEDDING_METHODS:
+        if embeddings is None:
+            raise ValueError(
+                f"method {config.method!r} clusters a checkpoint's embeddings: give --checkpoint"
+            )
+        return kmeans_of_embeddings(config, metadata, options, embeddings)
+    if embeddings is not None:
+        raise ValueError(f"method {config.method!r} does not use embeddings")
     if config.method == "instance":
         return np.arange(metadata.num_rows, dtype=np.int64), {}
     if config.method == "labels":
@@ -119,6 +128,25 @@ def assign_clusters(
     return clusters, details
 
 
+def kmeans_of_embeddings(
+    config: ClustersConfig, metadata: pa.Table, options: BuildOptions, embeddings: Embeddings
+) -> tuple[np.ndarray, dict]:
+    """Spherical k-means of the train rows' embeddings; every row to its nearest centroid."""
+    vectors, has = align_embeddings(embeddings, metadata[C.ID])  # (n, D), (n,)
+    clusters, details = embedding_kmeans_clusters(
+        vectors,
+        has,
+        train_mask(metadata),
+        config.k,
+        niter=config.niter,
+        nredo=config.nredo,
+        seed=options.seed,
+        init=options.init,
+        use_gpu=GPU_CHOICES[options.use_gpu],
+    )
+    return clusters, {**details, "embeddings": embeddings.source}
+
+
 def column_clusters(column: pa.ChunkedArray) -> np.ndarray:
     """One cluster per distinct value of a column; a row whose value is null is its own
     (singleton) cluster, since nothing says which other rows it belongs with."""
@@ -142,10 +170,14 @@ def build_clusters(
     data_dir: str | Path,
     out: str | Path,
     options: BuildOptions = BuildOptions(),
+    embeddings: Embeddings | None = None,
 ) -> dict:
-    """Write the assignment table to `out` and its statistics to FILE.stats.json; return them."""
+    """Write the assignment table to `out` and its statistics to FILE.stats.json; return them.
+
+    `embeddings`: the image vectors the `kmeans` method clusters (see `assign_clusters`).
+    """
     metadata = read_metadata(data_dir, metadata_columns(config))
-    clusters, details = assign_clusters(config, metadata, options)
+    clusters, details = assign_clusters(config, metadata, options, embeddings)
     table = pa.table({C.ID: metadata[C.ID], C.CLUSTER: clusters})
     validate_table(table, metadata[C.ID])  # the dataset itself may break the contract
     write_table(out, metadata[C.ID], clusters)

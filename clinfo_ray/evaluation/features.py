@@ -6,8 +6,10 @@ Images are decoded at the checkpoint's ``data.image_size`` (shorter side resized
 square: the same decode the training stream uses, without any augmentation), scaled to [0, 1]
 as training feeds them, and passed through the encoder only (``model.encode``: before the
 projection head) in eval mode, so BatchNorm uses its running statistics and a row's features do
-not depend on the rest of its batch. Each actor of the pool loads the checkpoint once; the
-checkpoint and dataset paths must be readable on every node (shared storage on a cluster).
+not depend on the rest of its batch. With ``output="projections"`` the actors return the
+L2-normalised projection-head output instead (what k-means clusters of a checkpoint use). Each
+actor of the pool loads the checkpoint once; the checkpoint and dataset paths must be readable on
+every node (shared storage on a cluster).
 Decoding runs in separate CPU tasks so GPU actors are not left waiting on PIL.
 """
 
@@ -22,8 +24,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
+import torch.nn.functional as F
 
-from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint_state
+from clinfo_ray.checkpointing import (
+    CheckpointError,
+    load_model_from_checkpoint,
+    read_checkpoint_state,
+)
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import read_manifest, split_files
@@ -31,6 +38,9 @@ from clinfo_ray.data.manifest import read_manifest, split_files
 log = logging.getLogger(__name__)
 
 FEATURES, IMAGE_U8 = "features", "image_u8"
+# What the encoder actors return: encoder features, or L2-normalised projection-head output.
+OUTPUTS = ("features", "projections")
+MODEL_FILE = "model.pt"  # the weights file of a checkpoint directory (clinfo_ray.checkpointing)
 
 
 class DecodeImages:
@@ -43,7 +53,6 @@ class DecodeImages:
         self.size = size
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        torch.set_num_threads(1)
         images, ok, reasons = decode_batch(batch.column(C.IMAGE).to_pylist(), self.size)
         ids = np.asarray(batch.column(C.ID).to_pylist(), dtype=object)
         if not ok.all():
@@ -59,12 +68,17 @@ class DecodeImages:
 
 
 class EncodeImages:
-    """Ray Data actor: decoded images -> encoder features (B, D) float32; the model is loaded
+    """Ray Data actor: decoded images -> (B, D) float32 in column ``features``: encoder features,
+    or with ``output="projections"`` the L2-normalised head output (B, P). The model is loaded
     from the checkpoint once, when the actor starts."""
 
-    def __init__(self, checkpoint_dir: str, use_gpu: bool, threads: int) -> None:
+    def __init__(
+        self, checkpoint_dir: str, use_gpu: bool, threads: int, output: str = "features"
+    ) -> None:
+        _check_output(output)
         if not use_gpu:
             torch.set_num_threads(threads)
+        self.output = output
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model, _ = load_model_from_checkpoint(checkpoint_dir, map_location=self.device)
 
@@ -72,8 +86,26 @@ class EncodeImages:
         images = torch.from_numpy(np.ascontiguousarray(batch.pop(IMAGE_U8)))
         with torch.inference_mode():
             x = images.to(self.device, non_blocking=True).float().div_(255.0)  # (B, 3, S, S)
-            features = self.model.encode(x).float().cpu().numpy()  # (B, D)
-        return {**batch, FEATURES: features}
+            if self.output == "projections":
+                vectors = F.normalize(self.model(x).projections.float(), dim=-1)  # (B, P)
+            else:
+                vectors = self.model.encode(x).float()  # (B, D)
+        return {**batch, FEATURES: vectors.cpu().numpy()}
+
+
+def check_checkpoint(checkpoint_dir: str | Path) -> int:
+    """The checkpoint's ``data.image_size``, after checking on the driver that the directory is
+    a complete checkpoint (state.json and weights): a missing file fails here, with one line
+    naming the path, rather than inside every actor of the pool."""
+    size = read_checkpoint_state(checkpoint_dir).train_config().data.image_size
+    if not (Path(checkpoint_dir) / MODEL_FILE).is_file():
+        raise CheckpointError(f"not a complete checkpoint: {checkpoint_dir} has no {MODEL_FILE}")
+    return size
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
 
 
 def default_num_actors(use_gpu: bool) -> int:
@@ -88,7 +120,7 @@ def default_num_actors(use_gpu: bool) -> int:
 class SplitFeatures(NamedTuple):
     """One split's frozen features, rows sorted by image id."""
 
-    features: np.ndarray  # (n, D) float32: encoder output, before the head
+    features: np.ndarray  # (n, D) float32: encoder output (or normalised projections)
     labels: np.ndarray  # (n,) int64, -1 where the image has no label
     ids: np.ndarray  # (n,) str objects
 
@@ -102,15 +134,18 @@ def extract_split_features(
     use_gpu: bool = False,
     num_actors: int | None = None,
     cpus_per_actor: float = 1.0,
+    output: str = "features",
 ) -> dict[str, SplitFeatures]:
     """Encoder features of every decodable image of ``splits``, in one pass over Ray Data (the
-    actors load the model once for all splits). ``num_actors`` defaults to
-    :func:`default_num_actors`; with ``use_gpu`` each actor takes one GPU. Needs a running Ray
-    (Ray Data starts a local one otherwise)."""
+    actors load the model once for all splits). ``output="projections"``: the L2-normalised
+    projection-head output instead. ``num_actors`` defaults to :func:`default_num_actors`; with
+    ``use_gpu`` each actor takes one GPU. Needs a running Ray (Ray Data starts a local one
+    otherwise)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_output(output)
+    size = check_checkpoint(checkpoint_dir)
     checkpoint_dir = Path(checkpoint_dir).resolve()
-    size = read_checkpoint_state(checkpoint_dir).train_config().data.image_size
     files = [f for split in splits for f in split_files(data_dir, split)]
     num_actors = num_actors or default_num_actors(use_gpu)
     ds = ray.data.read_parquet(files).select_columns([C.ID, C.IMAGE, C.LABEL, C.SPLIT])
@@ -121,6 +156,7 @@ def extract_split_features(
             "checkpoint_dir": str(checkpoint_dir),
             "use_gpu": use_gpu,
             "threads": max(1, int(cpus_per_actor)),
+            "output": output,
         },
         batch_size=batch_size,
         batch_format="numpy",
