@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         outcome = train(cfg)
         outcome.metrics["train_seconds"] = time.perf_counter() - started
+        if outcome.checkpoint is None:
+            raise RuntimeError(f"{name}: the run reported no checkpoint")
         scores = evaluate_checkpoint(outcome.checkpoint, out_dir=out / cfg.run.name / "eval")
         rows.append(_row(name, cfg, outcome, scores))
         print(f"  done in {outcome.metrics['train_seconds']:.0f} s", flush=True)

@@ -49,12 +49,12 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int], offset: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, sizes: list[int], offset: int) -> torch.Tensor:
         ctx.offset, ctx.n = offset, x.shape[0]
         return _gather_padded(x, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.offset : ctx.offset + ctx.n], None, None

@@ -82,7 +82,7 @@ class _ChunkedLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         anchors: torch.Tensor,
         candidates: torch.Tensor,
@@ -100,7 +100,7 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         return lse
 
     @staticmethod
-    def backward(ctx, grad_lse: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         anchors, candidates, lse = ctx.saved_tensors
         # An anchor with no candidate (N = 1) has lse = -inf and no gradient; keep exp() finite.
         lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))

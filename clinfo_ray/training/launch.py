@@ -69,7 +69,9 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
         return str(path), json.loads(stats_file.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     stats = build_clusters(
-        dataclasses.replace(cfg.clusters, method=method), cfg.data.dataset_dir, path
+        dataclasses.replace(cfg.clusters, method=method),  # type: ignore[arg-type]
+        cfg.data.dataset_dir,
+        path,
     )
     return str(path), stats
 

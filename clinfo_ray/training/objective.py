@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clinfo_ray.checkpointing import unwrap_model
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce
 from clinfo_ray.model import ContrastiveModel, ModelOutput
@@ -36,6 +37,14 @@ class TrainModule(nn.Module):
         return self.model(views)  # (B, V, D) features and projections
 
 
+def train_module(module: nn.Module) -> TrainModule:
+    """The TrainModule inside DDP / torch.compile wrappers."""
+    inner = unwrap_model(module)
+    if not isinstance(inner, TrainModule):
+        raise TypeError(f"expected a TrainModule, got {type(inner).__name__}")
+    return inner
+
+
 def cluster_ids_for(
     method: str, *, index: torch.Tensor, cluster: torch.Tensor, label: torch.Tensor
 ) -> torch.Tensor:
@@ -53,7 +62,8 @@ def batch_loss(
     """The method's loss of one batch given the model's outputs (``module`` may be DDP)."""
     method = cfg.loss.method
     if method == "ce-clusters":
-        classifier = getattr(module, "module", module).classifier
+        classifier = train_module(module).classifier
+        assert classifier is not None, "ce-clusters builds TrainModule with num_clusters"
         return classifier(out.features, batch["cluster"])
     ids = cluster_ids_for(
         method, index=batch["index"], cluster=batch["cluster"], label=batch["label"]

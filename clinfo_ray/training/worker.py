@@ -15,7 +15,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint, unwrap_model
+from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.stream import DROPPED_METRIC, iter_views
@@ -26,7 +26,7 @@ from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training import cluster_state
 from clinfo_ray.training.cluster_state import ClusterState
 from clinfo_ray.training.embedding import embed_split
-from clinfo_ray.training.objective import TrainModule, batch_loss
+from clinfo_ray.training.objective import TrainModule, batch_loss, train_module
 from clinfo_ray.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -81,33 +81,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         0, cluster_state.table_assignment(cfg.data.dataset_dir, loop_config["table"])
     )
     num_clusters = clusters.num_clusters if cfg.loss.method == "ce-clusters" else None
-    module = TrainModule(build_model(cfg.model), num_clusters)
-    optimizer, scheduler = build_optimizer(module, cfg.optim, loop_config["steps_per_epoch"])
-    epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(
-                directory,
-                model=module.model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                loss_module=module.classifier,
-                model_config=cfg.model,
-            )
-            clusters = cluster_state.load_state(Path(directory), clusters)
-        epoch, step = state.epoch, state.step
-        log.info("rank %d resumes after epoch %d (step %d)", rank(), epoch, step)
-        resumed_after: int | None = epoch
-    else:
-        resumed_after = None
-    module = ray.train.torch.prepare_model(
-        maybe_compile(module, cfg.model),
+    inner = TrainModule(build_model(cfg.model), num_clusters)
+    optimizer, scheduler = build_optimizer(inner, cfg.optim, loop_config["steps_per_epoch"])
+    epoch, step, clusters, resumed = _restore(cfg, inner, optimizer, scheduler, clusters)
+    module: nn.Module = ray.train.torch.prepare_model(
+        maybe_compile(inner, cfg.model),
         parallel_strategy_kwargs={"find_unused_parameters": cfg.loss.method == "ce-clusters"},
     )
     run_log = RunLog(run_dir, cfg.optim.epochs) if rank() == 0 else None
-    if run_log is not None and resumed_after is not None:
-        run_log.record({"event": "resume", "after_epoch": resumed_after, "step": step})
+    if run_log is not None and resumed:
+        run_log.record({"event": "resume", "after_epoch": epoch, "step": step})
     if run_log is not None and epoch == 0 and loop_config.get("table_stats"):
         _log_cluster_stats(run_log, loop_config["table_stats"], 0)
     augmentation = _gpu_augmentation(cfg)
@@ -142,6 +125,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         run_log.close()
 
 
+def _restore(
+    cfg: TrainConfig,
+    inner: TrainModule,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    clusters: ClusterState,
+) -> tuple[int, int, ClusterState, bool]:
+    """(epoch, step, clusters, resumed) from Ray Train's latest checkpoint, if there is one."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0, clusters, False
+    with checkpoint.as_directory() as directory:
+        state = load_checkpoint(
+            directory,
+            model=inner.model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_module=inner.classifier,
+            model_config=cfg.model,
+        )
+        clusters = cluster_state.load_state(Path(directory), clusters)
+    log.info("rank %d resumes after epoch %d (step %d)", rank(), state.epoch, state.step)
+    return state.epoch, state.step, clusters, True
+
+
 def _report(
     module: nn.Module,
     cfg: TrainConfig,
@@ -161,7 +169,7 @@ def _report(
     run_log.scalars(metrics, step)
     run_log.record({"event": "epoch", **metrics})
     run_log.epoch_done(epoch, metrics["train/epoch_seconds"], metrics)
-    inner = unwrap_model(module)
+    inner = train_module(module)
     with tempfile.TemporaryDirectory() as directory:
         save_checkpoint(
             directory,
@@ -192,7 +200,7 @@ def _recluster(
     run_log: RunLog | None,
     step: int,
 ) -> ClusterState:
-    model = unwrap_model(module).model
+    model = train_module(module).model
     shard = ray.train.get_dataset_shard(EMBED_TRAIN)
     embedding = embed_split(model, shard, device, cfg.eval.linear_batch_size)
     new = cluster_state.recluster(embedding, cfg.clusters, cfg.run.seed, old.version + 1, device)
@@ -216,7 +224,7 @@ def _log_cluster_stats(run_log: RunLog, stats: dict[str, Any], step: int) -> Non
 
 
 def _online_knn(module: nn.Module, cfg: TrainConfig, device: torch.device) -> float:
-    model = unwrap_model(module).model
+    model = train_module(module).model
     bank = embed_split(
         model, ray.train.get_dataset_shard(EMBED_TRAIN), device, cfg.eval.linear_batch_size
     )
