@@ -4,8 +4,10 @@ Each measurement runs in a fresh subprocess so that one's memory cannot hide in 
 CPU memory is the process's peak resident set (ru_maxrss) minus the resident set just before the
 loss, with glibc told to return every large block at once (MALLOC_MMAP_THRESHOLD_), so the peak
 is what the loss really held. GPU memory is torch.cuda.max_memory_allocated minus what the inputs
-hold. Time is the median of --repeats runs after one warm-up. The "3 matmuls" column times the
-three N×N×D products no exact implementation can avoid (the floor of the GPU goal).
+hold. Time: the implementations run in alternation, one of each per round, --repeats rounds
+after a warm-up, so that a busy machine slows them alike; the table gives the min (the best
+estimate of the cost) and the median. The "3 N×N×D matmuls" row times the three products no
+exact implementation can avoid (the floor of the GPU goal).
 
     python benchmarks/loss_bench.py                      # CPU: N = 1,024 .. 16,384, D = 128
     python benchmarks/loss_bench.py --device cuda --sizes 4096 16384 65536
@@ -82,36 +84,45 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(impl: str, n: int, d: int, device: str, mode: str, repeats: int) -> dict[str, float]:
+def time_interleaved(
+    impls: list[str], n: int, d: int, device: str, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Fwd+bwd ms of each implementation, measured in alternation (one of each per round) so
+    that a busy machine slows all of them alike; min and median over ``repeats`` rounds."""
+    features, cluster_ids = _inputs(n, d, device)
+    steps = {impl: _step(impl) for impl in impls}
+    for step in steps.values():  # warm-up
+        step(features, cluster_ids)
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for _ in range(repeats):
+        for impl, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(features, cluster_ids)
+            _sync(device)
+            times[impl].append((time.perf_counter() - start) * 1e3)
+    return {i: {"min_ms": min(t), "median_ms": statistics.median(t)} for i, t in times.items()}
+
+
+def peak_memory(impl: str, n: int, d: int, device: str) -> dict[str, float]:
+    """Extra peak memory of one fwd+bwd, in MiB, over what the inputs hold."""
     features, cluster_ids = _inputs(n, d, device)
     step = _step(impl)
-    if mode == "mem":
-        if device == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step(features, cluster_ids)
-            torch.cuda.synchronize()
-            return {"extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
-        base = _rss_mib()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         step(features, cluster_ids)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return {"extra_mib": peak - base}
-    step(features, cluster_ids)  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step(features, cluster_ids)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": statistics.median(times)}
+        torch.cuda.synchronize()
+        return {"extra_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    base = _rss_mib()
+    step(features, cluster_ids)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"extra_mib": peak - base}
 
 
-def _measure(impl: str, n: int, d: int, device: str, mode: str, repeats: int) -> dict[str, float]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "mem" else None
-    cmd = [sys.executable, __file__, "--worker", impl, "--mode", mode, "--device", device]
-    cmd += ["--sizes", str(n), "--dim", str(d), "--repeats", str(repeats)]
+def _subprocess(args: list[str], env: dict[str, str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, *args]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -123,33 +134,37 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-max", type=int, default=16384, help="largest N for dense")
-    parser.add_argument("--worker", choices=[*IMPLEMENTATIONS, "matmul3"], help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["time", "mem"], default="time", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--time-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        result = worker(args.worker, args.sizes[0], args.dim, args.device, args.mode, args.repeats)
-        print(json.dumps(result))
+    n, d, device = args.sizes[0], args.dim, args.device
+    if args.memory_of:
+        print(json.dumps(peak_memory(args.memory_of, n, d, device)))
         return
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    if args.time_of:
+        print(json.dumps(time_interleaved(args.time_of.split(","), n, d, device, args.repeats)))
+        return
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
     print(
-        "| N views | D | implementation | fwd+bwd ms | extra peak MiB | vs dense | vs 3 matmuls |"
+        "| N views | D | implementation | fwd+bwd ms (min) | median | extra peak MiB | vs dense |"
     )
     print("|---:|---:|---|---:|---:|---:|---:|")
+    mem_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     for n in args.sizes:
-        floor = _measure("matmul3", n, args.dim, args.device, "time", args.repeats)["ms"]
-        rows = {}
-        for impl in IMPLEMENTATIONS:
-            if impl == "dense" and n > args.dense_max:
-                continue
-            rows[impl] = {
-                **_measure(impl, n, args.dim, args.device, "time", args.repeats),
-                **_measure(impl, n, args.dim, args.device, "mem", 1),
-            }
-        for impl, r in rows.items():
-            ratio = f"{r['ms'] / rows['dense']['ms']:.2f}×" if "dense" in rows else "–"
+        impls = ["chunked", "matmul3"] + (["dense"] if n <= args.dense_max else [])
+        common = ["--sizes", str(n), "--dim", str(d), "--device", device]
+        times = _subprocess([*common, "--repeats", str(args.repeats), "--time-of", ",".join(impls)])
+        for impl in impls:
+            memory = "–"
+            if impl != "matmul3":
+                mib = _subprocess([*common, "--memory-of", impl], env=mem_env)["extra_mib"]
+                memory = f"{mib:.0f}"
+            t = times[impl]
+            ratio = f"{t['min_ms'] / times['dense']['min_ms']:.2f}×" if "dense" in times else "–"
+            name = "3 N×N×D matmuls (floor)" if impl == "matmul3" else impl
             print(
-                f"| {n:,} | {args.dim} | {impl} | {r['ms']:.1f} | {r['extra_mib']:.0f} | "
-                f"{ratio} | {r['ms'] / floor:.2f}× |",
+                f"| {n:,} | {d} | {name} | {t['min_ms']:.1f} | {t['median_ms']:.1f} | "
+                f"{memory} | {ratio} |",
                 flush=True,
             )
 
