@@ -29,17 +29,16 @@ from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
-from clinfo_ray.training.objective import TrainModule
-from clinfo_ray.training.worker import augmentation_of, train_step
+from clinfo_ray.training.objective import TrainModule, augmentation_of, train_step
 
 
 def plain_loop(cfg: TrainConfig, epochs: int) -> list[float]:
     """Images/s of each epoch of a single-process loop over the decoded train split."""
     table = pq.read_table(split_files(cfg.data.dataset_dir, C.TRAIN), columns=[C.IMAGE])
     images, ok, _ = decode_batch(table.column(C.IMAGE).to_pylist(), cfg.data.image_size)
-    images = torch.from_numpy(np.ascontiguousarray(images[ok]))  # (n, 3, S, S) uint8
+    pixels = torch.from_numpy(np.ascontiguousarray(images[ok]))  # (n, 3, S, S) uint8
     batch = cfg.global_batch_size
-    steps = len(images) // batch
+    steps = len(pixels) // batch
     augment = augmentation_of(cfg)
     torch.manual_seed(cfg.run.seed)
     module = TrainModule(build_model(cfg.model), None)
@@ -47,10 +46,10 @@ def plain_loop(cfg: TrainConfig, epochs: int) -> list[float]:
     rates = []
     for _ in range(epochs):
         start = time.perf_counter()
-        order = torch.randperm(len(images))
+        order = torch.randperm(len(pixels))
         for i in range(steps):
             index = order[i * batch : (i + 1) * batch]
-            views = augment(images[index], dtype=torch.float32)
+            views = augment(pixels[index], dtype=torch.float32)
             step_batch = {"views": views, "index": index, "cluster": index, "label": index}
             train_step(module, cfg, step_batch, optimizer, scheduler)
         rates.append(steps * batch / (time.perf_counter() - start))

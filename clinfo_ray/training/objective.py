@@ -1,4 +1,5 @@
-"""What each training method optimises, on one batch of V views per image.
+"""What each training method optimises, and one optimiser step (no Ray: the GPU check and the
+benchmarks run it in a plain loop too).
 
 ===============  ===========================================================================
 method           loss
@@ -18,6 +19,7 @@ from torch import nn
 
 from clinfo_ray.checkpointing import unwrap_model
 from clinfo_ray.config import TrainConfig
+from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce
 from clinfo_ray.model import ContrastiveModel, ModelOutput
 
@@ -69,3 +71,34 @@ def batch_loss(
         method, index=batch["index"], cluster=batch["cluster"], label=batch["label"]
     )
     return cl_infonce(out.projections, ids, cfg.loss.temperature, cfg.loss.base_temperature)
+
+
+def train_step(
+    module: nn.Module,
+    cfg: TrainConfig,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One optimiser step on one batch; returns the loss."""
+    views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
+    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        out = module(views)
+        loss = batch_loss(module, cfg, batch, out)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())  # CPU-GPU sync point, once a step
+
+
+def augmentation_of(cfg: TrainConfig, views: int | None = None) -> ViewAugmentation:
+    d = cfg.data
+    return ViewAugmentation(
+        size=d.image_size,
+        views=views or d.views,
+        min_scale=d.crop_scale_min,
+        jitter=d.color_jitter,
+        jitter_prob=d.color_jitter_prob,
+        grayscale_prob=d.grayscale_prob,
+    )

@@ -26,34 +26,18 @@ from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training import cluster_state
 from clinfo_ray.training.cluster_state import ClusterState
 from clinfo_ray.training.embedding import embed_split
-from clinfo_ray.training.objective import TrainModule, batch_loss, train_module
+from clinfo_ray.training.objective import (
+    TrainModule,
+    augmentation_of,
+    train_module,
+    train_step,
+)
 from clinfo_ray.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
 EMBED_TRAIN, EMBED_TEST = "embed_train", "embed_test"
 PID_DIR = ".worker_pids"  # rank -> pid of the current attempt (operators and tests read it)
-
-
-def train_step(
-    module: nn.Module,
-    cfg: TrainConfig,
-    batch: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> float:
-    """One optimiser step on one batch; returns the loss."""
-    views = batch["views"]
-    if cfg.model.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-        out = module(views)
-        loss = batch_loss(module, cfg, batch, out)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return float(loss.detach())  # CPU-GPU sync point, once a step
 
 
 def _epochs_to_recluster(cfg: TrainConfig, epoch: int) -> bool:
@@ -247,18 +231,6 @@ def _gpu_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
     if cfg.data.augment_on != "gpu":
         return None
     return augmentation_of(cfg)
-
-
-def augmentation_of(cfg: TrainConfig, views: int | None = None) -> ViewAugmentation:
-    d = cfg.data
-    return ViewAugmentation(
-        size=d.image_size,
-        views=views or d.views,
-        min_scale=d.crop_scale_min,
-        jitter=d.color_jitter,
-        jitter_prob=d.color_jitter_prob,
-        grayscale_prob=d.grayscale_prob,
-    )
 
 
 def _record_pid(run_dir: Path) -> None:
