@@ -141,11 +141,14 @@ def write_dataset(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        ds = ray.data.from_arrow(_shards(source.rows, shard_size))
-        ds = ds.map_batches(
-            write_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"folder": str(tmp)}
+        shards = ray.data.from_arrow(_shards(source.rows, shard_size))
+        written_ds = shards.map_batches(
+            write_shard,  # type: ignore[arg-type]
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"folder": str(tmp)},
         )
-        files, bad = _collect(ds.take_all())
+        files, bad = _collect(written_ds.take_all())
         skipped = source.skipped + bad
         written = _written_rows(tmp, files)
         if not written:

@@ -90,11 +90,11 @@ def table_from_columns(
     ids: list[str],
     splits: list[str],
     *,
-    paths: list[str | None] | None = None,
-    data: list[bytes | None] | None = None,
-    labels: list[int | None] | None = None,
-    tags: list[list[str]] | None = None,
-    coarse_labels: list[int | None] | None = None,
+    paths: Sequence[str | None] | None = None,
+    data: Sequence[bytes | None] | None = None,
+    labels: Sequence[int | None] | None = None,
+    tags: Sequence[list[str]] | None = None,
+    coarse_labels: Sequence[int | None] | None = None,
 ) -> pa.Table:
     """Build a ``SOURCE_SCHEMA`` table from per-row lists (missing columns become nulls)."""
     n = len(ids)
