@@ -6,6 +6,7 @@ stream a local Ray with as many CPUs. Reports images/s per epoch and the residen
 plus its child processes) after each epoch.
 
     python benchmarks/data_bench.py --data DIR [--epochs 4] [--batch-size 256] [--cpus 2]
+        [--modes dataloader,ray,ray-full,ray-cached] [--piece-rows 32] [--local-shuffle 0]
 """
 
 from __future__ import annotations
@@ -113,18 +114,32 @@ def run_dataloader(args: argparse.Namespace, aug: ViewAugmentation) -> list[dict
     return timed_epochs(f"DataLoader(workers={args.cpus})", lambda: loader, args.epochs)
 
 
-def run_ray(args: argparse.Namespace, aug: ViewAugmentation, cache: bool) -> list[dict]:
+RAY_MODES = {"ray": ("pieces", False), "ray-full": ("full", False), "ray-cached": ("pieces", True)}
+
+
+def run_ray(args: argparse.Namespace, aug: ViewAugmentation, mode: str) -> list[dict]:
     from clinfo_ray.data.stream import build_view_stream, iter_views
 
+    shuffle, cache = RAY_MODES[mode]
     ds = build_view_stream(
         args.data,
         augmentation=aug,
         split=args.split,
         decode_size=args.decode_size,
         cache_decoded=cache,
+        shuffle=shuffle,
+        piece_rows=args.piece_rows,
     )
-    name = "Ray Data" + (" (cached)" if cache else "")
-    return timed_epochs(name, lambda: iter_views(ds, batch_size=args.batch_size), args.epochs)
+    name = f"Ray Data ({shuffle}{', cached' if cache else ''})"
+    buffer = args.local_shuffle or None
+    rows = timed_epochs(
+        name,
+        lambda: iter_views(ds, batch_size=args.batch_size, local_shuffle_buffer_size=buffer),
+        args.epochs,
+    )
+    if args.stats:
+        print(ds.stats())
+    return rows
 
 
 def main() -> None:
@@ -137,7 +152,10 @@ def main() -> None:
     parser.add_argument("--decode-size", type=int, default=32)
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--modes", default="dataloader,ray,ray-cached")
+    parser.add_argument("--modes", default="dataloader,ray,ray-cached", help=f"of {RAY_MODES}")
+    parser.add_argument("--piece-rows", type=int, default=32)
+    parser.add_argument("--local-shuffle", type=int, default=0, help="iter_views buffer rows")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data stats per mode")
     args = parser.parse_args()
     aug = ViewAugmentation(size=args.size, views=args.views)
     modes = args.modes.split(",")
@@ -150,10 +168,8 @@ def main() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        if "ray" in modes:
-            rows += run_ray(args, aug, cache=False)
-        if "ray-cached" in modes:
-            rows += run_ray(args, aug, cache=True)
+        for mode in [m for m in modes if m in RAY_MODES]:
+            rows += run_ray(args, aug, mode)
     print("\n| loader | epochs 2+ img/s (mean) | first epoch img/s | RSS after each epoch (MiB) |")
     print("| --- | --- | --- | --- |")
     for name in dict.fromkeys(r["loader"] for r in rows):

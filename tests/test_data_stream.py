@@ -3,6 +3,7 @@ the worker-side (GPU option) augmentation on CPU tensors, and a 2-worker Ray Tra
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def epoch(ds, **kw) -> list[dict[str, torch.Tensor]]:
     return list(iter_views(ds, batch_size=8, **kw))
 
 
-@pytest.mark.parametrize("cache_decoded", [False, True])
-def test_views_clusters_and_dropped_images(shapes_dataset, cache_decoded):
+@pytest.mark.parametrize(
+    ("shuffle", "cache_decoded"), [("pieces", False), ("full", False), ("pieces", True)]
+)
+def test_views_clusters_and_dropped_images(shapes_dataset, shuffle, cache_decoded):
     ids = sorted_ids(shapes_dataset)
     clusters = pa.table({C.ID: ids, C.CLUSTER: [len(i) % 3 for i in ids]})  # any id -> int
     drops = DropCounter.create()
@@ -79,6 +82,8 @@ def test_views_clusters_and_dropped_images(shapes_dataset, cache_decoded):
         drops=drops,
         decode_batch_size=16,
         cache_decoded=cache_decoded,
+        shuffle=shuffle,
+        piece_rows=4,
     )
     batches = epoch(ds)
     assert len(batches) == N_GOOD // 8  # the broken row is gone, every batch full
@@ -110,11 +115,42 @@ def test_instance_clusters_by_default_and_gpu_path_on_cpu(shapes_dataset):
         assert not torch.equal(x["views"][:, 0], x["views"][:, 1])
 
 
+def test_piece_order_is_new_every_epoch_and_mixes_rows(shapes_dataset):
+    """Every image once per epoch, a different order each time, and neighbouring rows of the
+    Parquet do not stay neighbours (the rows of a task are permuted, not only the pieces)."""
+    ds = build_view_stream(
+        shapes_dataset, augmentation=AUG, decode_batch_size=16, piece_rows=4, shuffle="pieces"
+    )
+    orders = [torch.cat([x["index"] for x in epoch(ds)]).tolist() for _ in range(3)]
+    for order in orders:
+        assert len(order) == len(set(order)) == N_GOOD
+        assert set(order) == set(orders[0])
+    assert len({tuple(o) for o in orders}) == 3
+    steps = [abs(a - b) for o in orders for a, b in itertools.pairwise(o)]
+    assert sum(s == 1 for s in steps) < len(steps) / 2  # mostly not file order
+
+
+def test_unshuffled_stream_keeps_rows_within_a_block_in_order(shapes_dataset):
+    ds = build_view_stream(
+        shapes_dataset, augmentation=AUG, decode_batch_size=8, piece_rows=4, shuffle=False
+    )
+    ids = sorted_ids(shapes_dataset)
+    file_ids = pq.read_table(shapes_dataset / "train-000000.parquet").column(C.ID).to_pylist()
+    file_order = ",".join(str(ids.index(i)) for i in file_ids)
+    blocks = [b["index"].tolist() for b in ds.iter_torch_batches(batch_size=None)]
+    assert sorted(i for b in blocks for i in b) == sorted(ids.index(i) for i in file_ids)
+    for b in blocks:
+        if b:
+            assert ",".join(map(str, b)) in file_order  # a run of the file, in file order
+
+
 def test_cluster_table_missing_ids_is_an_error(shapes_dataset):
     ids = sorted_ids(shapes_dataset)[:-3]
     table = pa.table({C.ID: ids, C.CLUSTER: [0] * len(ids)})
     with pytest.raises(ValueError, match="3 image id"):
         build_view_stream(shapes_dataset, augmentation=AUG, clusters=table)
+    with pytest.raises(ValueError, match="shuffle must be"):
+        build_view_stream(shapes_dataset, augmentation=AUG, shuffle="rows")
     with pytest.raises(ValueError, match="cluster must be integer"):
         bad = pa.table({C.ID: ids, C.CLUSTER: [0.5] * len(ids)})
         build_view_stream(shapes_dataset, augmentation=AUG, clusters=bad)

@@ -16,12 +16,31 @@ On each worker, every epoch::
         batch["index"]    # (B,) int64: the image's row in the split (ids sorted)
     drops.count()         # the metric "data/dropped_images": images that failed to decode
 
-Each epoch re-executes the stream, so the order (a full ``random_shuffle``) and every crop are
-new. Images are decoded once per epoch in batches; the V views come from one batched
-augmentation call, in Ray Data's CPU tasks (``augment_on="cpu"``: uint8 views travel to the
-worker) or on the worker's device (``augment_on="gpu"``: the decoded image travels and
-``iter_views`` augments it; the same code runs on CPU tensors). An image that fails to decode is
-dropped before the split among workers (so their batch counts stay equal) and counted.
+Each epoch re-executes the stream, so the order and every crop are new. Images are decoded once
+per epoch in batches; the V views come from one batched augmentation call, in Ray Data's CPU
+tasks (``augment_on="cpu"``: uint8 views travel to the worker) or on the worker's device
+(``augment_on="gpu"``: the decoded image travels and ``iter_views`` augments it; the same code runs
+on CPU tensors). An image that fails to decode is dropped before the split among workers (so
+their batch counts stay equal) and counted.
+
+The order of an epoch (``shuffle=``):
+
+* ``"pieces"`` (default): the split is cut into pieces of ``piece_rows`` consecutive rows inside
+  a Parquet row group; every epoch the pieces take a new uniformly random order
+  (``randomize_block_order``), each decode task reads ``decode_batch_size // piece_rows``
+  consecutive pieces of that order and permutes their rows uniformly, and tasks finish in any
+  order. Every image appears exactly once per epoch and every piece is equally likely anywhere,
+  but the rows of one piece always end up in the same decode block, i.e. rows that are
+  neighbours in the Parquet stay within about one batch of each other (a batch of 256 holds
+  about 256 / ``piece_rows`` runs from random places). ``iter_views(local_shuffle_buffer_size=)``
+  mixes further across blocks on the consumer.
+* ``"full"``: ``random_shuffle`` of the encoded rows (every row's position independent): an
+  all-to-all through the object store with barriers before decoding, several times slower on a
+  small machine (docs/benchmarks_data.md).
+* ``"none"``: pieces in file order (row order within a block kept, block order not guaranteed).
+
+With ``cache_decoded=True`` the decoded images are kept and ``random_shuffle``d every epoch (any
+mode but ``"none"``): a full shuffle, cheap once decoded.
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
+from clinfo_ray.data.parquet_pieces import list_pieces, read_pieces
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +69,8 @@ VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
 DROPPED_METRIC = "data/dropped_images"
 AUGMENT_ON = ("cpu", "gpu")
 MAX_SHUFFLE_BLOCKS = 512
+SHUFFLES = ("pieces", "full", "none")
+READ_COLUMNS = (C.ID, C.IMAGE, C.LABEL)
 
 
 @ray.remote(num_cpus=0)
@@ -184,6 +206,41 @@ class AugmentViews:
         return {**batch, VIEWS: self.augmentation(images, dtype=torch.uint8).numpy()}
 
 
+class PieceViews:
+    """Ray Data transform: pieces of the Parquet split -> their rows (permuted) -> DecodeViews."""
+
+    def __init__(self, decode: DecodeViews, *, permute: bool) -> None:
+        self.decode, self.permute = decode, permute
+
+    def __call__(self, pieces: pa.Table) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng() if self.permute else None  # OS entropy: new every call
+        return self.decode(read_pieces(pieces, READ_COLUMNS, rng))
+
+
+def shuffle_mode(shuffle: bool | str) -> str:
+    """``True`` -> ``"pieces"``, ``False`` -> ``"none"``; a name from ``SHUFFLES`` as is."""
+    mode = ("pieces" if shuffle else "none") if isinstance(shuffle, bool) else shuffle
+    if mode not in SHUFFLES:
+        raise ValueError(f"shuffle must be a bool or one of {SHUFFLES}, got {shuffle!r}")
+    return str(mode)
+
+
+def _piece_stream(
+    files: list[str], decode: DecodeViews, *, randomize: bool, piece_rows: int, task_rows: int
+) -> ray.data.Dataset:
+    """Pieces (one Ray block each) -> optional new random block order -> read + decode tasks."""
+    piece_rows = min(piece_rows, task_rows)
+    pieces = list_pieces(files, piece_rows)
+    # One block per piece (a few dozen bytes each) so that randomize_block_order, which only
+    # permutes block references (no task, no data moved), reorders pieces and not fixed groups.
+    ds = ray.data.from_arrow([pieces.slice(i, 1) for i in range(pieces.num_rows)])
+    if randomize:
+        ds = ds.randomize_block_order()
+    transform = PieceViews(decode, permute=randomize)
+    per_task = max(1, task_rows // piece_rows)
+    return ds.map_batches(transform, batch_size=per_task, batch_format="pyarrow")
+
+
 def build_view_stream(
     dataset_dir: str | Path,
     *,
@@ -192,42 +249,48 @@ def build_view_stream(
     clusters: pa.Table | str | Path | None = None,
     decode_size: int | None = None,
     augment_on: str = "cpu",
-    shuffle: bool = True,
+    shuffle: bool | str = True,
     drops: DropCounter | None = None,
     decode_batch_size: int = 256,
     cache_decoded: bool = False,
+    piece_rows: int = 32,
 ) -> ray.data.Dataset:
-    """The Ray Data stream of one split (see the module docstring for its batches).
+    """The Ray Data stream of one split (see the module docstring for its batches and order).
 
     ``clusters``: an ``id -> cluster`` table (or Parquet path) covering every image of the split;
     ``None`` gives instance clusters. ``decode_size``: the side images are decoded to before the
     random crop (default: ``augmentation.size``, as the paper's 32-px runs: crops are upsampled).
+    ``shuffle``: ``"pieces"`` (``True``), ``"full"`` or ``"none"`` (``False``).
+    ``piece_rows``: rows per piece of the ``"pieces"`` order (capped at ``decode_batch_size``);
+    smaller mixes more, at the price of reading more row groups per task.
     ``cache_decoded``: decode once, keep the uint8 images in Ray's object store (N·3·S² bytes)
     and only shuffle and augment each epoch; for sets that fit in memory (the emoji: 4.7 MB).
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+    mode = shuffle_mode(shuffle)
     files = split_files(dataset_dir, split)
     lookup = ClusterLookup.build(files, clusters)
-    ds = ray.data.read_parquet(files, columns=[C.ID, C.IMAGE, C.LABEL])
     size = decode_size or augmentation.size
     on_cpu = augmentation if augment_on == "cpu" else None
+    pieces = {"piece_rows": piece_rows, "task_rows": decode_batch_size}
     if cache_decoded:
         decode = DecodeViews(lookup=lookup, decode_size=size, augmentation=None, drops=drops)
-        ds = ds.map_batches(decode, batch_size=decode_batch_size, batch_format="pyarrow")
-        ds = ds.materialize()
-        if shuffle:
+        ds = _piece_stream(files, decode, randomize=False, **pieces).materialize()
+        if mode != "none":
             ds = ds.random_shuffle()
         if on_cpu is None:
             return ds
         views = AugmentViews(on_cpu)
         return ds.map_batches(views, batch_size=decode_batch_size, batch_format="numpy")
-    if shuffle:
-        # Enough output blocks for one decode task per batch: a split with one Parquet file
-        # would otherwise be one block, decoded by one task on one core.
-        blocks = min(MAX_SHUFFLE_BLOCKS, max(1, -(-len(lookup.ids) // decode_batch_size)))
-        ds = ds.random_shuffle().repartition(blocks)
     transform = DecodeViews(lookup=lookup, decode_size=size, augmentation=on_cpu, drops=drops)
+    if mode != "full":
+        return _piece_stream(files, transform, randomize=mode == "pieces", **pieces)
+    ds = ray.data.read_parquet(files, columns=list(READ_COLUMNS))
+    # Enough output blocks for one decode task per batch: a split with one Parquet file would
+    # otherwise be one block, decoded by one task on one core.
+    blocks = min(MAX_SHUFFLE_BLOCKS, max(1, -(-len(lookup.ids) // decode_batch_size)))
+    ds = ds.random_shuffle().repartition(blocks)
     return ds.map_batches(transform, batch_size=decode_batch_size, batch_format="pyarrow")
 
 
@@ -238,17 +301,23 @@ def iter_views(
     device: torch.device | str = "cpu",
     augmentation: ViewAugmentation | None = None,
     prefetch_batches: int = 2,
+    local_shuffle_buffer_size: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """One epoch of equal-sized batches on a Train worker (see the module docstring).
 
     ``shard`` defaults to ``ray.train.get_dataset_shard("train")``; a ``ray.data.Dataset`` works
     too. ``augmentation`` is needed when the stream was built with ``augment_on="gpu"``.
+    ``local_shuffle_buffer_size``: rows kept on the worker and drawn at random into batches
+    (Ray Data's local shuffle): mixes rows of different blocks, at some latency and copying.
     """
     if shard is None:
         shard = ray.train.get_dataset_shard("train")
     device = torch.device(device)
     batches = shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=True, prefetch_batches=prefetch_batches
+        batch_size=batch_size,
+        drop_last=True,
+        prefetch_batches=prefetch_batches,
+        local_shuffle_buffer_size=local_shuffle_buffer_size,
     )
     for batch in batches:
         out = {k: batch[k].to(device, non_blocking=True) for k in (C.CLUSTER, C.LABEL, INDEX)}

@@ -1,0 +1,74 @@
+"""Pieces of a Parquet split: short runs of consecutive rows inside one row group.
+
+A piece is the unit the training stream puts in a random order every epoch: the driver lists
+the pieces once from the Parquet footers (no data read), Ray Data shuffles the tiny piece
+records, and each decode task reads its few pieces back itself (``read_pieces``), so the encoded
+bytes never go through an all-to-all shuffle.
+
+Reading a piece reads its whole row group (Parquet's smallest readable unit here: one data page
+per column chunk); pieces of the same row group that land in the same task share one read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FILE, ROW_GROUP, START, STOP = "file", "row_group", "start", "stop"
+PIECE_SCHEMA = pa.schema(
+    [
+        pa.field(FILE, pa.string(), nullable=False),
+        pa.field(ROW_GROUP, pa.int32(), nullable=False),
+        pa.field(START, pa.int64(), nullable=False),
+        pa.field(STOP, pa.int64(), nullable=False),
+    ]
+)
+
+
+def list_pieces(files: Sequence[str], piece_rows: int) -> pa.Table:
+    """Every row of ``files`` in exactly one piece of at most ``piece_rows`` rows, file order."""
+    if piece_rows < 1:
+        raise ValueError(f"piece_rows must be >= 1, got {piece_rows}")
+    out: dict[str, list] = {FILE: [], ROW_GROUP: [], START: [], STOP: []}
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            for start in range(0, rows, piece_rows):
+                out[FILE].append(path)
+                out[ROW_GROUP].append(group)
+                out[START].append(start)
+                out[STOP].append(min(rows, start + piece_rows))
+    return pa.table(out, schema=PIECE_SCHEMA)
+
+
+def read_pieces(
+    pieces: pa.Table,
+    columns: Sequence[str],
+    rng: np.random.Generator | None = None,
+) -> pa.Table:
+    """The rows of ``pieces`` (``columns`` only), each row group read once.
+
+    With ``rng`` the rows come back in a uniformly random order (a permutation over all rows of
+    all pieces given); without, piece by piece in the order given.
+    """
+    records = pieces.to_pylist()
+    groups: dict[tuple[str, int], pa.Table] = {}
+    files: dict[str, pq.ParquetFile] = {}
+    parts = []
+    for rec in records:
+        key = (rec[FILE], rec[ROW_GROUP])
+        if key not in groups:
+            if rec[FILE] not in files:
+                files[rec[FILE]] = pq.ParquetFile(rec[FILE])
+            groups[key] = files[rec[FILE]].read_row_group(rec[ROW_GROUP], columns=list(columns))
+        parts.append(groups[key].slice(rec[START], rec[STOP] - rec[START]))
+    if not parts:
+        raise ValueError("read_pieces: no pieces given")
+    table = pa.concat_tables(parts)
+    if rng is not None:
+        table = table.take(pa.array(rng.permutation(table.num_rows)))
+    return table
