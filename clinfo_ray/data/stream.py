@@ -233,7 +233,7 @@ def _piece_stream(
     pieces = list_pieces(files, piece_rows)
     # One block per piece (a few dozen bytes each) so that randomize_block_order, which only
     # permutes block references (no task, no data moved), reorders pieces and not fixed groups.
-    ds = ray.data.from_arrow([pieces.slice(i, 1) for i in range(pieces.num_rows)])
+    ds: ray.data.Dataset = ray.data.from_arrow([pieces.slice(i, 1) for i in range(pieces.num_rows)])
     if randomize:
         ds = ds.randomize_block_order()
     transform = PieceViews(decode, permute=randomize)
@@ -313,6 +313,8 @@ def iter_views(
     (Ray Data's local shuffle): mixes rows of different blocks, at some latency and copying.
     """
     if shard is None:
+        import ray.train  # only on Train workers: not imported with the stream
+
         shard = ray.train.get_dataset_shard("train")
     device = torch.device(device)
     batches = shard.iter_torch_batches(
