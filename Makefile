@@ -23,6 +23,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check clinfo_ray jobs tests benchmarks
 	$(BIN)/ruff format --check clinfo_ray jobs tests benchmarks
+	$(BIN)/mypy clinfo_ray jobs
 
 test: lint
 	$(BIN)/python -m pytest -q
