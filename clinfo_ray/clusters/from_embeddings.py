@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .kmeans import kmeans, nearest_centroid
+from .kmeans import fit_and_assign
 from .table import contiguous
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,11 @@ def embedding_kmeans_clusters(
             f"--k {k}: k-means needs 1 <= k <= the number of embedded train images "
             f"({int(fit.sum())})"
         )
-    _, centroids = kmeans(
-        vectors[fit],
-        k,
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
-        spherical=True,
-        use_gpu=use_gpu,
-        init=init,
-    )  # centroids (k, D)
     codes = np.empty(len(vectors), dtype=np.int64)
-    codes[has] = contiguous(nearest_centroid(vectors[has], centroids, spherical=True))
+    assigned = fit_and_assign(
+        vectors, fit, has, k, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu, init=init
+    )
+    codes[has] = contiguous(assigned)
     missing = int((~has).sum())
     if missing:
         log.warning("%d image(s) without an embedding: each is its own cluster", missing)

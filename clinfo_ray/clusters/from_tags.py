@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .kmeans import kmeans, nearest_centroid
+from .kmeans import fit_and_assign
 from .table import contiguous
 
 log = logging.getLogger(__name__)
@@ -178,19 +178,11 @@ def tags_kmeans_clusters(
     fit_rows = np.flatnonzero(has_tags & presence.train)
     if k > fit_rows.size:
         raise ValueError(f"--k {k} is larger than the number of tagged train rows, {fit_rows.size}")
-    _, centroids = kmeans(
-        x[fit_rows],
-        k,
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
-        spherical=True,
-        use_gpu=use_gpu,
-        init=init,
-    )
     clusters = np.full(presence.num_rows, -1, dtype=np.int64)  # -1: the "no tags" cluster
     tagged = np.flatnonzero(has_tags)
-    clusters[tagged] = nearest_centroid(x[tagged], centroids, spherical=True)
+    clusters[tagged] = fit_and_assign(
+        x, fit_rows, tagged, k, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu, init=init
+    )
     return contiguous(clusters)
 
 

@@ -109,6 +109,33 @@ def kmeans(
     return nearest_centroid(x, centroids, spherical=spherical), centroids
 
 
+def fit_and_assign(
+    x: np.ndarray,
+    fit_rows: np.ndarray,
+    assign_rows: np.ndarray,
+    k: int,
+    *,
+    niter: int = 20,
+    nredo: int = 1,
+    seed: int = 0,
+    use_gpu: bool | str = "auto",
+    init: str = "afk-mc2",
+) -> np.ndarray:
+    """Spherical k-means fitted on ``x[fit_rows]`` (the train rows, say); the nearest centroid
+    (inner product) of each row of ``x[assign_rows]``: (len(assign_rows),) int64 in 0..k-1."""
+    _, centroids = kmeans(
+        x[fit_rows],
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        spherical=True,
+        use_gpu=use_gpu,
+        init=init,
+    )  # (k, D)
+    return nearest_centroid(x[assign_rows], centroids, spherical=True)
+
+
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, *, spherical: bool) -> np.ndarray:
     """Index (n,) int64 of each row's nearest centroid: largest inner product when spherical,
     smallest L2 distance otherwise (the rule faiss k-means assigns by). Runs on the CPU: one
