@@ -60,8 +60,7 @@ def _logits_chunk(
 ) -> torch.Tensor:
     """Scaled similarities of ``anchors`` (global rows first..first+c) with every candidate,
     the anchor's own column set to -inf."""
-    logits = anchors @ candidates.T  # (c, N)
-    logits.mul_(inv_tau)
+    logits = (anchors * inv_tau) @ candidates.T  # (c, N); 1/τ on the (c, D) side: no N² pass
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, rows + first] = float("-inf")
     return logits
