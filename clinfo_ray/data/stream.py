@@ -36,7 +36,7 @@ The order of an epoch (``shuffle=``):
   mixes further across blocks on the consumer.
 * ``"full"``: ``random_shuffle`` of the encoded rows (every row's position independent): an
   all-to-all through the object store with barriers before decoding, several times slower on a
-  small machine (docs/benchmarks_data.md).
+  small machine (docs/benchmarks.md, "Data stream").
 * ``"none"``: pieces in file order (row order within a block kept, block order not guaranteed).
 
 With ``cache_decoded=True`` the decoded images are kept and ``random_shuffle``d every epoch (any
