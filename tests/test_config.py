@@ -35,7 +35,7 @@ def test_quickstart_matches_the_brief() -> None:
     assert cfg.run.num_workers == 2 and not cfg.run.use_gpu
     assert cfg.loss.method == "clinfonce" and cfg.loss.temperature == 0.1
     assert cfg.clusters.method == "tags-kmeans" and cfg.clusters.k == 100
-    assert cfg.global_batch_size == 256
+    assert cfg.global_batch_size == 128
     assert cfg.cluster_method == "tags-kmeans"
     assert cfg.optim.weight_decay == pytest.approx(5e-4)
 
