@@ -22,6 +22,8 @@ from tests.test_prepare_imagefolder import draw_shapes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
 
 @pytest.fixture(scope="module")
 def shapes(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -44,7 +46,7 @@ def shapes(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
     return load_config(
-        "configs/quickstart.yaml",
+        QUICKSTART,
         [
             f"data.dataset_dir={data}",
             "data.image_size=16",
@@ -72,10 +74,13 @@ def _records(run_dir: Path, event: str) -> list[dict]:
     return [r for r in rows if r["event"] == event]
 
 
-def test_two_workers_train_log_and_checkpoint(shapes: Path, tmp_path: Path) -> None:
+def test_two_workers_train_log_and_checkpoint(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = _config(shapes, tmp_path, "smoke")
+    monkeypatch.chdir(shapes.parent)  # a relative dataset path, as a user types it
+    cfg = _config(Path(shapes.name), tmp_path, "smoke")
     outcome = train(cfg)
     assert outcome.metrics["epoch"] == 2.0
     assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
@@ -84,7 +89,8 @@ def test_two_workers_train_log_and_checkpoint(shapes: Path, tmp_path: Path) -> N
     assert 1 < outcome.cluster_stats["num_clusters"] <= 4
 
     model, saved_cfg = load_model_from_checkpoint(outcome.checkpoint)
-    assert saved_cfg == cfg
+    assert saved_cfg.data.dataset_dir == str(shapes)  # resolved on the driver
+    assert saved_cfg.model == cfg.model and saved_cfg.optim == cfg.optim
     state = read_checkpoint_state(outcome.checkpoint)
     assert (state.epoch, state.step) == (2, 2 * (48 // 16))
     assert state.cluster_table_version == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfo_ray.clusters.build import build_clusters, statistics_of_table
-from clinfo_ray.config import ConfigError, TrainConfig
+from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest
 
@@ -51,6 +51,14 @@ def check_before_ray(cfg: TrainConfig) -> int:
             key="clusters.table_path",
         )
     return steps
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its input paths resolved against the driver's working directory."""
+    paths = {"data.dataset_dir": str(Path(cfg.data.dataset_dir).resolve())}
+    if cfg.clusters.table_path:
+        paths["clusters.table_path"] = str(Path(cfg.clusters.table_path).resolve())
+    return apply_overrides(cfg, paths)
 
 
 def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, dict | None]:
@@ -119,6 +127,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     from clinfo_ray.training.worker import train_loop_per_worker
 
     steps_per_epoch = check_before_ray(cfg)
+    cfg = with_absolute_paths(cfg)  # workers do not run in the driver's working directory
     storage = Path(cfg.run.output_dir).resolve()
     run_dir = storage / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
