@@ -55,8 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: config (a plain dict), table, steps_per_epoch,
     run_dir, drops (a DropCounter or None), table_stats (dict or None)."""
     cfg = TrainConfig.from_dict(loop_config["config"])
-    for noisy in ("ray.train", "ray.data"):  # one line per report and per dataset execution
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_ray_logs()
     run_dir = Path(loop_config["run_dir"])
     torch.manual_seed(cfg.run.seed)
     device = ray.train.torch.get_device()
@@ -231,6 +230,13 @@ def _gpu_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
     if cfg.data.augment_on != "gpu":
         return None
     return augmentation_of(cfg)
+
+
+def _quiet_ray_logs() -> None:
+    """Ray logs a line per report and per dataset execution; the epoch line says enough."""
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(("ray.train", "ray.data"))]
+    for name in ["ray.train", "ray.data", *names]:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _record_pid(run_dir: Path) -> None:
