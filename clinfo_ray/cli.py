@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing, at INFO
     module_name = COMMANDS[args.command][0]
     try:
         module = importlib.import_module(module_name)

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing, at INFO
     return cli.run(parser.parse_args(argv))
 
 
