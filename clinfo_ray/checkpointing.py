@@ -85,6 +85,16 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _part_files(optimizer: Any, scheduler: Any, scaler: Any, loss_module: Any) -> dict[str, Any]:
+    """File name -> object of the optional parts of a checkpoint (None: not saved / loaded)."""
+    return {
+        "optimizer.pt": optimizer,
+        "scheduler.pt": scheduler,
+        "scaler.pt": scaler,
+        "loss.pt": loss_module,
+    }
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -108,12 +118,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)  # incomplete until state.json is back
     _save_atomic(strip_wrapper_prefixes(unwrap_model(model).state_dict()), directory / "model.pt")
-    parts: dict[str, Any] = {
-        "optimizer.pt": optimizer,
-        "scheduler.pt": scheduler,
-        "scaler.pt": scaler,
-        "loss.pt": loss_module,
-    }
+    parts = _part_files(optimizer, scheduler, scaler, loss_module)
     for name, obj in parts.items():
         if obj is not None:
             _save_atomic(obj.state_dict(), directory / name)
@@ -213,12 +218,7 @@ def load_checkpoint(
         _check_model_config(directory, state.config.get("model", {}), model_config)
     target = unwrap_model(model)
     _load_state_dict(directory, target, _torch_load(directory / "model.pt", map_location))
-    parts: dict[str, Any] = {
-        "optimizer.pt": optimizer,
-        "scheduler.pt": scheduler,
-        "scaler.pt": scaler,
-        "loss.pt": loss_module,
-    }
+    parts = _part_files(optimizer, scheduler, scaler, loss_module)
     for name, obj in parts.items():
         if obj is None:
             continue
