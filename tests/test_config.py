@@ -146,8 +146,12 @@ def test_frozen_and_derived_properties() -> None:
 
 
 def test_cross_section_checks() -> None:
-    with pytest.raises(ConfigError, match=r"data\.augment_on.*run\.use_gpu"):
-        apply_overrides(TrainConfig(), {"data.augment_on": "gpu"})
+    with pytest.raises(ConfigError, match=r"data\.augment_on.*'worker'.*'ray_data'"):
+        apply_overrides(TrainConfig(), {"data.cache": "worker"})
+    with pytest.raises(ConfigError, match=r"data\.augment_on.*'gpu'"):
+        apply_overrides(TrainConfig(), {"data.augment_on": "gpu"})  # the old name is refused
+    ok = apply_overrides(TrainConfig(), {"data.cache": "worker", "data.augment_on": "worker"})
+    assert ok.data.cache == "worker"
     with pytest.raises(ConfigError, match=r"clusters\.warmup_epochs.*optim\.epochs"):
         apply_overrides(
             TrainConfig(),

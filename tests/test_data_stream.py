@@ -104,7 +104,7 @@ def test_views_clusters_and_dropped_images(shapes_dataset, shuffle, cache_decode
 
 
 def test_instance_clusters_by_default_and_gpu_path_on_cpu(shapes_dataset):
-    ds = build_view_stream(shapes_dataset, augmentation=AUG, augment_on="gpu", shuffle=False)
+    ds = build_view_stream(shapes_dataset, augmentation=AUG, augment_on="worker", shuffle=False)
     with pytest.raises(ValueError, match="augmentation="):
         epoch(ds)
     batches = epoch(ds, augmentation=AUG, device="cpu")
@@ -196,3 +196,26 @@ def test_stream_feeds_two_ray_train_workers(shapes_dataset, tmp_path):
     index = metrics["index"]
     assert len(set(index)) == len(index)  # no image on both workers
     assert metrics["dropped"] == 1
+
+
+def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):
+    """data.cache 'worker': the unsplit, unshuffled, cached stream read into memory holds every
+    good image once, in index order, with the pixels the stream decoded."""
+    from clinfo_ray.data.stream import IMAGE_U8
+    from clinfo_ray.data.worker_cache import InMemorySplit
+
+    ds = build_view_stream(
+        shapes_dataset, augmentation=AUG, augment_on="worker", shuffle="none", cache_decoded=True
+    )
+    split = InMemorySplit.load(ds)
+    ids = sorted_ids(shapes_dataset)
+    assert split.index.tolist() == [i for i, name in enumerate(ids) if name != "broken.png"]
+    streamed = {
+        int(i): img
+        for b in ds.iter_torch_batches(batch_size=None)
+        for i, img in zip(b["index"], b[IMAGE_U8], strict=True)
+    }
+    for row, i in enumerate(split.index.tolist()):
+        assert torch.equal(split.images[row], streamed[i])
+    batches = list(split.batches(epoch=1, seed=0, rank=0, world=1, batch_size=8, augmentation=AUG))
+    assert len(batches) == N_GOOD // 8 and batches[0]["views"].shape == (8, 2, 3, 16, 16)

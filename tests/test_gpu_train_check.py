@@ -52,7 +52,7 @@ def test_plain_training_check_runs_and_reports(tmp_path: Path) -> None:
             f"data.dataset_dir={data}",
             "loss.method=simclr",
             "run.use_gpu=false",
-            "data.augment_on=cpu",
+            "data.augment_on=ray_data",
             "model.backbone=resnet18",
             "model.proj_hidden=64",
             "data.image_size=16",

@@ -99,7 +99,7 @@ def test_two_workers_train_log_and_checkpoint(
 
     epochs = _records(outcome.run_dir, "epoch")
     assert [r["epoch"] for r in epochs] == [1.0, 2.0]
-    assert all(r["train/loss"] > 0 for r in epochs)
+    assert all(r["train/loss"] > 0 and r["train/input_seconds"] > 0 for r in epochs)
     assert (
         _records(outcome.run_dir, "clusters")[0]["num_clusters"]
         == outcome.cluster_stats["num_clusters"]
@@ -120,6 +120,8 @@ def test_iterative_kmeans_rebuilds_clusters_and_keeps_version(shapes: Path, tmp_
         "clusters.warmup_epochs=1",
         "optim.epochs=3",
         "eval.knn_every=0",
+        "data.cache=none",  # the streamed input path: decoded and augmented in Ray Data
+        "data.augment_on=ray_data",
     )
     outcome = train(cfg)
     rebuilds = _records(outcome.run_dir, "clusters")
@@ -179,10 +181,11 @@ def test_killed_worker_resumes_from_checkpoint(shapes: Path, tmp_path: Path) -> 
 
 
 def test_same_run_name_resumes_instead_of_starting_over(shapes: Path, tmp_path: Path) -> None:
-    first = train(_config(shapes, tmp_path, "again", "eval.knn_every=0"))
+    cached = ("eval.knn_every=0", "data.cache=object_store")  # streamed from the object store
+    first = train(_config(shapes, tmp_path, "again", *cached))
     assert first.metrics["epoch"] == 2.0
     # The same run, now asked for 3 epochs: it continues after epoch 2.
-    second = train(_config(shapes, tmp_path, "again", "eval.knn_every=0", "optim.epochs=3"))
+    second = train(_config(shapes, tmp_path, "again", *cached, "optim.epochs=3"))
     assert second.metrics["epoch"] == 3.0
     assert [r["epoch"] for r in _records(second.run_dir, "epoch")] == [1.0, 2.0, 3.0]
     assert [r["after_epoch"] for r in _records(second.run_dir, "resume")] == [2]

@@ -99,11 +99,20 @@ class DataConfig(_Section):
     color_jitter: float = 0.4  # brightness/contrast/saturation strength (hue is a quarter)
     color_jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
-    augment_on: Literal["cpu", "gpu"] = "cpu"  # in Ray Data (cpu) or on the worker's GPU
+    # Where the views are made: in Ray Data's tasks ("ray_data": uint8 views travel to the
+    # workers) or by each Train worker on its own device ("worker": the decoded image travels;
+    # on a GPU the augmentation is nearly free, on a small CPU machine it saves the hand-over).
+    augment_on: Literal["ray_data", "worker"] = "ray_data"
     batch_size_per_worker: int = 128  # images (not views) per worker step
-    # Decode once and keep the uint8 images in Ray's object store (N·3·S² bytes), shuffling and
-    # augmenting them anew each epoch: for sets that fit in memory (the emoji set: 5 MB at 32 px).
-    cache_decoded: bool = False
+    # How the decoded images are kept between epochs:
+    #   "none":         Ray Data reads and decodes the Parquet again every epoch (any size of set)
+    #   "object_store": decoded once and kept in Ray's object store (N·3·S² bytes in all),
+    #                   shuffled all-to-all and handed out by Ray Data every epoch
+    #   "worker":       decoded once; every worker holds the whole split (N·3·S² bytes each, on
+    #                   its GPU when it has one) and draws each epoch's batches from one global
+    #                   permutation seeded by (run.seed, epoch): an exact shuffle with no Ray Data
+    #                   work per epoch. For sets that fit on each worker (the emoji set: 5 MB).
+    cache: Literal["none", "object_store", "worker"] = "none"
 
     def _validate(self) -> None:
         self._require(bool(self.dataset_dir), "dataset_dir", "a non-empty path")

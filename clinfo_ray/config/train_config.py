@@ -48,9 +48,11 @@ class TrainConfig:
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name}: expected {cls.__name__}; got {getattr(self, name)!r}")
-        if self.data.augment_on == "gpu" and not self.run.use_gpu:
+        if self.data.cache == "worker" and self.data.augment_on != "worker":
             raise ConfigError(
-                "data.augment_on: 'gpu' needs run.use_gpu: true", key="data.augment_on"
+                "data.augment_on: data.cache 'worker' keeps the images on the workers, so they "
+                f"must augment them too (augment_on: worker); got {self.data.augment_on!r}",
+                key="data.augment_on",
             )
         if self.is_iterative_clustering and self.clusters.warmup_epochs >= self.optim.epochs:
             raise ConfigError(

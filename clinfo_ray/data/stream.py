@@ -18,9 +18,9 @@ On each worker, every epoch::
 
 Each epoch re-executes the stream, so the order and every crop are new. Images are decoded once
 per epoch in batches; the V views come from one batched augmentation call, in Ray Data's CPU
-tasks (``augment_on="cpu"``: uint8 views travel to the worker) or on the worker's device
-(``augment_on="gpu"``: the decoded image travels and ``iter_views`` augments it; the same code runs
-on CPU tensors). An image that fails to decode is dropped before the split among workers (so
+tasks (``augment_on="ray_data"``: uint8 views travel to the worker) or on the worker's device
+(``augment_on="worker"``: the decoded image travels and ``iter_views`` augments it; the same code
+runs on CPU tensors). An image that fails to decode is dropped before the split among workers (so
 their batch counts stay equal) and counted.
 
 The order of an epoch (``shuffle=``):
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
 DROPPED_METRIC = "data/dropped_images"
-AUGMENT_ON = ("cpu", "gpu")
+AUGMENT_ON = ("ray_data", "worker")
 MAX_SHUFFLE_BLOCKS = 512
 SHUFFLES = ("pieces", "full", "none")
 READ_COLUMNS = (C.ID, C.IMAGE, C.LABEL)
@@ -248,7 +248,7 @@ def build_view_stream(
     split: str = C.TRAIN,
     clusters: pa.Table | str | Path | None = None,
     decode_size: int | None = None,
-    augment_on: str = "cpu",
+    augment_on: str = "ray_data",
     shuffle: bool | str = True,
     drops: DropCounter | None = None,
     decode_batch_size: int = 256,
@@ -272,7 +272,7 @@ def build_view_stream(
     files = split_files(dataset_dir, split)
     lookup = ClusterLookup.build(files, clusters)
     size = decode_size or augmentation.size
-    on_cpu = augmentation if augment_on == "cpu" else None
+    on_cpu = augmentation if augment_on == "ray_data" else None
     pieces = {"piece_rows": piece_rows, "task_rows": decode_batch_size}
     if cache_decoded:
         decode = DecodeViews(lookup=lookup, decode_size=size, augmentation=None, drops=drops)
@@ -286,7 +286,7 @@ def build_view_stream(
     transform = DecodeViews(lookup=lookup, decode_size=size, augmentation=on_cpu, drops=drops)
     if mode != "full":
         return _piece_stream(files, transform, randomize=mode == "pieces", **pieces)
-    ds = ray.data.read_parquet(files, columns=list(READ_COLUMNS))
+    ds = ray.data.read_parquet(files).select_columns(list(READ_COLUMNS))
     # Enough output blocks for one decode task per batch: a split with one Parquet file would
     # otherwise be one block, decoded by one task on one core. batch_size=None: one task per
     # block; blocks are slightly under decode_batch_size rows, and a batch size would bundle
@@ -308,7 +308,7 @@ def iter_views(
     """One epoch of equal-sized batches on a Train worker (see the module docstring).
 
     ``shard`` defaults to ``ray.train.get_dataset_shard("train")``; a ``ray.data.Dataset`` works
-    too. ``augmentation`` is needed when the stream was built with ``augment_on="gpu"``.
+    too. ``augmentation`` is needed when the stream was built with ``augment_on="worker"``.
     ``local_shuffle_buffer_size``: rows kept on the worker and drawn at random into batches
     (Ray Data's local shuffle): mixes rows of different blocks, at some latency and copying.
     """

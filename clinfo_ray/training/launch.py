@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,29 @@ def check_before_ray(cfg: TrainConfig) -> int:
             f"{cfg.data.dataset_dir} has only {train_rows} train images",
             key="data.batch_size_per_worker",
         )
+    if cfg.data.cache == "worker":
+        _check_worker_cache_size(train_rows, cfg)
     if cfg.clusters.table_path and not Path(cfg.clusters.table_path).is_file():
         raise ConfigError(
             f"clusters.table_path: no such file {cfg.clusters.table_path!r}",
             key="clusters.table_path",
         )
     return steps
+
+
+def _check_worker_cache_size(train_rows: int, cfg: TrainConfig) -> None:
+    """data.cache 'worker' puts the whole decoded split in every worker: refuse what cannot fit
+    in half of this machine's memory (the workers of a local run share it)."""
+    need = train_rows * 3 * cfg.data.image_size**2
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    local_workers = cfg.run.num_workers if not os.environ.get("RAY_ADDRESS") else 1
+    if need * local_workers > total // 2:
+        raise ConfigError(
+            f"data.cache: 'worker' would hold {need / 2**30:.1f} GiB of decoded images in each "
+            f"of {local_workers} worker(s), more than half of this machine's "
+            f"{total / 2**30:.0f} GiB; use 'object_store' or 'none'",
+            key="data.cache",
+        )
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -90,13 +108,15 @@ def build_datasets(cfg: TrainConfig, drops: Any) -> dict[str, Any]:
     from clinfo_ray.training.worker import EMBED_TEST, EMBED_TRAIN, augmentation_of
 
     d = cfg.data
+    in_workers = d.cache == "worker"  # read once, whole and in index order, by every worker
     train = build_view_stream(
         d.dataset_dir,
         augmentation=augmentation_of(cfg),
         split=C.TRAIN,
         augment_on=d.augment_on,
+        shuffle="none" if in_workers else "pieces",
         drops=drops,
-        cache_decoded=d.cache_decoded,
+        cache_decoded=d.cache != "none",
     )
     datasets = {"train": train}
     needs_embeddings = cfg.eval.knn_every > 0 or cfg.is_iterative_clustering
@@ -110,10 +130,10 @@ def build_datasets(cfg: TrainConfig, drops: Any) -> dict[str, Any]:
                 d.dataset_dir,
                 augmentation=plain,
                 split=split,
-                augment_on="gpu",
+                augment_on="worker",
                 shuffle=False,
                 drops=None,
-                cache_decoded=d.cache_decoded,
+                cache_decoded=d.cache != "none",
             )
     return datasets
 
@@ -157,7 +177,10 @@ def train(cfg: TrainConfig) -> TrainOutcome:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
         ),
         datasets=build_datasets(cfg, drops),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # data.cache 'worker': every worker holds the whole split and cuts its own share
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[] if cfg.data.cache == "worker" else ["train"]
+        ),
     )
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.stream import DROPPED_METRIC, iter_views
-from clinfo_ray.distributed import rank
+from clinfo_ray.data.worker_cache import InMemorySplit
+from clinfo_ray.distributed import rank, world_size
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
@@ -76,17 +78,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         run_log.record({"event": "resume", "after_epoch": epoch, "step": step})
     if run_log is not None and epoch == 0 and loop_config.get("table_stats"):
         _log_cluster_stats(run_log, loop_config["table_stats"], 0)
-    augmentation = _gpu_augmentation(cfg)
+    augmentation = _worker_augmentation(cfg)
+    memory = _load_memory(cfg, device)
     while epoch < cfg.optim.epochs:
         epoch += 1
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         if _epochs_to_recluster(cfg, epoch):
             clusters = _recluster(module, cfg, clusters, device, run_dir, run_log, step)
-        losses, images = [], 0
-        for batch in iter_views(
-            batch_size=cfg.data.batch_size_per_worker, device=device, augmentation=augmentation
-        ):
+        losses, images, waited = [], 0, 0.0
+        batches = _epoch_batches(cfg, memory, augmentation, device, epoch)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             batch["cluster"] = clusters.ids(batch["index"])
             losses.append(train_step(module, cfg, batch, optimizer, scheduler))
             images += batch["views"].shape[0]
@@ -95,8 +102,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {
             "train/loss": sum(losses) / max(len(losses), 1),
             "train/lr": optimizer.param_groups[0]["lr"],
-            "train/images_per_s": images * ray.train.get_context().get_world_size() / seconds,
+            "train/images_per_s": images * world_size() / seconds,
             "train/epoch_seconds": seconds,
+            # getting the batches: waiting on Ray Data, or augmenting them here (data.cache worker)
+            "train/input_seconds": waited,
             "clusters/version": float(clusters.version),
         }
         if _knn_due(cfg, epoch):
@@ -226,10 +235,49 @@ def _online_knn(module: nn.Module, cfg: TrainConfig, device: torch.device) -> fl
     )
 
 
-def _gpu_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
-    if cfg.data.augment_on != "gpu":
+def _worker_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
+    if cfg.data.augment_on != "worker":
         return None
     return augmentation_of(cfg)
+
+
+def _load_memory(cfg: TrainConfig, device: torch.device) -> InMemorySplit | None:
+    """With data.cache 'worker': the whole train split, read once from the (unsplit) stream."""
+    if cfg.data.cache != "worker":
+        return None
+    start = time.perf_counter()
+    memory = InMemorySplit.load(ray.train.get_dataset_shard("train"), device)
+    log.info(
+        "rank %d holds the train split: %d images, %.1f MiB on %s, read in %.1f s",
+        rank(),
+        len(memory),
+        memory.nbytes / 2**20,
+        device,
+        time.perf_counter() - start,
+    )
+    return memory
+
+
+def _epoch_batches(
+    cfg: TrainConfig,
+    memory: InMemorySplit | None,
+    augmentation: ViewAugmentation | None,
+    device: torch.device,
+    epoch: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """This rank's batches of one epoch: cut from worker memory or streamed by Ray Data."""
+    batch_size = cfg.data.batch_size_per_worker
+    if memory is None:
+        return iter_views(batch_size=batch_size, device=device, augmentation=augmentation)
+    assert augmentation is not None, "data.cache 'worker' implies data.augment_on 'worker'"
+    return memory.batches(
+        epoch=epoch,
+        seed=cfg.run.seed,
+        rank=rank(),
+        world=world_size(),
+        batch_size=batch_size,
+        augmentation=augmentation,
+    )
 
 
 def _quiet_ray_logs() -> None:
