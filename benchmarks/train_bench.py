@@ -8,8 +8,9 @@ streamed by Ray Data each epoch from the object store, augmented on the worker o
 tasks. "images/s in epochs" is the mean over the epochs after the first (warm-up), as the
 training logs it; "wall" divides the images of epochs 2..N by the time from the end of epoch 1
 to the end of epoch N, so it also pays for checkpoints, reports and the start of each epoch.
-"input s/epoch" is the time the worker spent getting its batches. The plain loop runs before
-Ray starts, so nothing else competes with it.
+"input s/epoch" is the time the worker spent getting its batches. The plain loop runs once
+before Ray starts and then once per repeat, just before that repeat's Ray runs, with Ray idle in
+the background; each Ray run is divided by its own repeat's plain loop.
 
     python benchmarks/train_bench.py --data data/emoji --epochs 5
 """
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each loop; medians shown")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(
@@ -132,33 +134,42 @@ def main() -> None:
             *args.overrides,
         ],
     )
-    plain = plain_loop(cfg, args.epochs)
-    rows = [("plain loop (1 process)", statistics.mean(plain[1:]), statistics.mean(plain[1:]), 0.0)]
+    before_ray = statistics.mean(plain_loop(cfg, args.epochs)[1:])
+    print(f"plain loop before Ray started: {before_ray:.0f} images/s", flush=True)
     from clinfo_ray.training.ray_session import ensure_ray
 
     ensure_ray(None, cfg)
     out = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    # Each repeat runs the plain loop (Ray idle meanwhile) and then every variant, and each
+    # variant is compared with its own repeat's plain loop: the machine's slow spells (this VM
+    # drifts by 20 % over minutes) then hit both sides of a ratio.
+    plain: list[float] = []
+    runs: dict[int, list[tuple[float, float, float, float]]] = {i: [] for i in range(len(VARIANTS))}
     try:
-        for i, (name, workers, overrides) in enumerate(VARIANTS):
-            rates, wall, waits = ray_train(cfg, workers, overrides, out, f"bench-{i}")
-            rows.append((name, statistics.mean(rates[1:]), wall, statistics.mean(waits[1:])))
+        for repeat in range(args.repeats):
+            plain.append(statistics.mean(plain_loop(cfg, args.epochs)[1:]))
+            print(f"plain loop, run {repeat + 1}: {plain[-1]:.0f}", flush=True)
+            for i, (name, workers, overrides) in enumerate(VARIANTS):
+                rates, wall, waits = ray_train(cfg, workers, overrides, out, f"b{i}-{repeat}")
+                rate = statistics.mean(rates[1:])
+                runs[i].append(
+                    (rate, rate / plain[-1], wall / plain[-1], statistics.mean(waits[1:]))
+                )
+                print(f"{name}, run {repeat + 1}: {rate:.0f} ({rate / plain[-1]:.2f}×)", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    base = rows[0][1]
     print(
         f"model={cfg.model.backbone} width={cfg.model.cnn_width} size={cfg.data.image_size} "
-        f"global batch={cfg.global_batch_size} views={cfg.data.views} epochs={args.epochs}"
+        f"global batch={cfg.global_batch_size} views={cfg.data.views} epochs={args.epochs} "
+        f"repeats={args.repeats}; medians over the repeats"
     )
-    print(
-        "| loop | images/s in epochs 2..N | vs plain | wall images/s 2..N | vs plain "
-        "| input s/epoch |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, rate, wall, wait in rows:
-        print(
-            f"| {name} | {rate:.0f} | {rate / base:.2f}× | {wall:.0f} | {wall / base:.2f}× "
-            f"| {wait:.2f} |"
-        )
+    print("| loop | images/s in epochs 2..N | vs plain | wall vs plain | input s/epoch |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| plain loop (1 process), before Ray started | {before_ray:.0f} | | | |")
+    print(f"| plain loop (1 process), Ray idle | {statistics.median(plain):.0f} | 1.00× | | |")
+    for i, (name, _, _) in enumerate(VARIANTS):
+        rate, ratio, wall, wait = (statistics.median(col) for col in zip(*runs[i], strict=True))
+        print(f"| {name} | {rate:.0f} | {ratio:.2f}× | {wall:.2f}× | {wait:.2f} |")
 
 
 if __name__ == "__main__":

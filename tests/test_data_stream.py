@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
 from clinfo_ray.data import columns as C
@@ -196,6 +197,9 @@ def test_stream_feeds_two_ray_train_workers(shapes_dataset, tmp_path):
     index = metrics["index"]
     assert len(set(index)) == len(index)  # no image on both workers
     assert metrics["dropped"] == 1
+    drops.close()
+    with pytest.raises(ray.exceptions.RayActorError):
+        drops.count()
 
 
 def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):

@@ -114,6 +114,10 @@ class DropCounter:
         """The last (up to 100) dropped images as (id, reason)."""
         return list(ray.get(self._handle.recent.remote()))
 
+    def close(self) -> None:
+        """End the actor (its counts are gone after this)."""
+        ray.kill(self._handle)
+
 
 def read_cluster_table(clusters: pa.Table | str | Path) -> pa.Table:
     """An ``id -> cluster`` table from a Table or a Parquet file, checked and cast."""
@@ -202,8 +206,11 @@ class AugmentViews:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)
-        images = torch.from_numpy(np.ascontiguousarray(batch.pop(IMAGE_U8)))
-        return {**batch, VIEWS: self.augmentation(images, dtype=torch.uint8).numpy()}
+        pixels = np.ascontiguousarray(batch.pop(IMAGE_U8))
+        if not pixels.flags.writeable:  # a zero-copy view of the object store: torch warns
+            pixels = pixels.copy()
+        views = self.augmentation(torch.from_numpy(pixels), dtype=torch.uint8)
+        return {**batch, VIEWS: views.numpy()}
 
 
 class PieceViews:

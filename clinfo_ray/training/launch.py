@@ -140,11 +140,7 @@ def build_datasets(cfg: TrainConfig, drops: Any) -> dict[str, Any]:
 
 def train(cfg: TrainConfig) -> TrainOutcome:
     """Run (or resume: same run.name and output_dir) one training run on the connected Ray."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from clinfo_ray.data.stream import DropCounter
-    from clinfo_ray.training.worker import train_loop_per_worker
 
     steps_per_epoch = check_before_ray(cfg)
     cfg = with_absolute_paths(cfg)  # workers do not run in the driver's working directory
@@ -154,6 +150,26 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     table, stats = prepare_cluster_table(cfg, run_dir)
     drops = DropCounter.create()
+    try:
+        return _fit(cfg, run_dir, table, stats, steps_per_epoch, drops)
+    finally:
+        drops.close()  # one actor per run: a Tune search would otherwise pile them up
+
+
+def _fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    table: str | None,
+    stats: dict | None,
+    steps_per_epoch: int,
+    drops: Any,
+) -> TrainOutcome:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clinfo_ray.training.worker import train_loop_per_worker
+
+    storage = run_dir.parent
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if cfg.run.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -281,8 +281,15 @@ def _epoch_batches(
 
 
 def _quiet_ray_logs() -> None:
-    """Ray logs a line per report and per dataset execution; the epoch line says enough."""
-    names = [n for n in logging.root.manager.loggerDict if n.startswith(("ray.train", "ray.data"))]
+    """Ray logs a line per report and per dataset execution; the epoch line says enough. Some
+    of Ray Train's loggers are named by their file's path (``getLogger(__file__)``), not by the
+    module: those are matched by the path."""
+    paths = (f"{os.sep}ray{os.sep}train{os.sep}", f"{os.sep}ray{os.sep}data{os.sep}")
+    names = [
+        n
+        for n in logging.root.manager.loggerDict
+        if n.startswith(("ray.train", "ray.data")) or any(p in n for p in paths)
+    ]
     for name in ["ray.train", "ray.data", *names]:
         logging.getLogger(name).setLevel(logging.WARNING)
 
