@@ -6,8 +6,15 @@ correct in a single process and in tests.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -87,6 +94,49 @@ def broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def broadcast_buffers_from_rank0(module: nn.Module) -> None:
+    """Overwrite every rank's buffers of ``module`` (BatchNorm running statistics, ...) with
+    rank 0's, in place; nothing at world size 1.
+
+    DDP keeps the parameters equal on every rank, but each rank updates its buffers from its
+    own batches, so an eval-mode forward differs between ranks unless they are synced first.
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def mean_over_ranks(values: Sequence[float], device: torch.device) -> float:
+    """Mean of every rank's ``values`` together (each value weighs the same, so ranks with
+    more values weigh more); nan when no rank has any. The values themselves at world size 1.
+
+    ``device``: where the all-reduce runs (the process group's backend must support it).
+    """
+    total = torch.tensor([math.fsum(values), len(values)], dtype=torch.float64, device=device)
+    if is_distributed():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    s, n = total.tolist()  # CPU-GPU sync point
+    return s / n if n else math.nan
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def until_any_rank_ends(batches: Iterable[T], device: torch.device) -> Iterator[T]:
+    """The items of ``batches`` while every rank still has one: the ranks take equal numbers
+    of steps when their shares differ a little (one all-reduce of one integer per item)."""
+    items = iter(batches)
+    while True:
+        item = next(items, None)
+        if is_distributed():
+            have = torch.tensor([0 if item is None else 1], device=device)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            if int(have.item()) == 0:  # CPU-GPU sync point, once a step
+                return
+        elif item is None:
+            return
+        yield item  # type: ignore[misc]

@@ -25,6 +25,8 @@ ROWS = {
     C.ID: [f"r{i}" for i in range(8)],
     C.LABEL: [0, 0, 1, 1, 2, 2, 0, None],
     C.COARSE_LABEL: [0, 0, 0, 0, 1, 1, 0, 0],
+    # level 1 = the coarse label on train; level 2 = the label; r7 has only one level
+    C.HIERARCHY: [["A", "a"]] * 2 + [["A", "b"]] * 2 + [["B", "c"]] * 2 + [["A", "a"], ["A"]],
     # "x" on 3 of 6 train rows (1 bit), "y" on 2 (0.918 bit), "z" on 1
     C.TAGS: [["x", "y"], ["x", "y"], ["x"], ["z"], [], ["w"], ["x", "q"], []],
     C.SPLIT: [C.TRAIN] * 6 + [C.TEST] * 2,
@@ -101,13 +103,26 @@ def test_tags_kmeans_and_stats_only_agree(data: Path, capsys: pytest.CaptureFixt
     stats = json.loads(stats_path(out).read_text())
     clusters = dict(zip(*pq.read_table(out).to_pydict().values(), strict=True))
     assert clusters["r0"] == clusters["r1"]  # identical tags
-    assert clusters["r4"] == clusters["r7"]  # the untagged rows share a cluster
-    assert clusters["r4"] != clusters["r0"]
+    # the untagged rows r4 (train) and r7 (test) are singletons, not one shared cluster
+    assert clusters["r4"] != clusters["r7"]
+    assert sum(c == clusters["r4"] for c in clusters.values()) == 1
+    assert sum(c == clusters["r7"] for c in clusters.values()) == 1
+    assert stats["details"]["untagged_rows"] == stats["details"]["singleton_rows"] == 2
+    assert stats["singleton_clusters"] >= 1  # r4 among the train rows
     capsys.readouterr()
     assert run_cli("--stats-only", str(out), "--data", str(data)) == 0
     printed = json.loads(capsys.readouterr().out)
     for key in ("num_clusters", "mutual_information_bits", "conditional_entropy_bits"):
         assert printed[key] == pytest.approx(stats[key])
+
+
+def test_tags_details_count_the_all_zero_cluster(data: Path) -> None:
+    out = data.parent / "t1.parquet"
+    assert run_cli("--data", str(data), "--method", "tags", "--top-k", "1", "--out", str(out)) == 0
+    details = json.loads(stats_path(out).read_text())["details"]
+    # without "x": r3 r4 r5 r7 (the paper's all-zero cluster, untagged r4 r7 included)
+    assert details["tags"] == ["x"] and details["all_zero_rows"] == 4
+    assert details["untagged_rows"] == 2 and details["singleton_rows"] == 0
 
 
 def test_stats_only_rejects_a_table_missing_ids(data: Path, capsys: pytest.CaptureFixture) -> None:
@@ -125,7 +140,7 @@ def test_stats_only_rejects_a_table_missing_ids(data: Path, capsys: pytest.Captu
         (["--method", "tags", "--top-k", "9"], "--top-k 9 is larger than the number of tags"),
         (["--method", "tags", "--top-k", "9"], "has 4 distinct tags"),  # x y z w; q is test-only
         (["--method", "kmeans", "--checkpoint", "ck"], "ck has no state.json"),
-        (["--method", "hierarchy", "--column", "style"], "no column 'style'"),
+        (["--method", "hierarchy", "--level", "0"], "clusters.hierarchy_level: must be >= 1"),
         (["--method", "tags-kmeans", "--k", "1"], "clusters.k"),
     ],
 )
@@ -136,6 +151,35 @@ def test_bad_requests_fail_with_a_reason(
     assert run_cli("--data", str(data), "--out", str(out), *argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hierarchy_level_two_splits_level_one_and_counts_short_rows(data: Path) -> None:
+    out = data.parent / "h2.parquet"
+    assert run_cli("--data", str(data), "--method", "hierarchy", "--out", str(out)) == 0
+    one = dict(zip(*pq.read_table(out).to_pydict().values(), strict=True))
+    assert (
+        run_cli("--data", str(data), "--method", "hierarchy", "--level", "2", "--out", str(out))
+        == 0
+    )
+    two = dict(zip(*pq.read_table(out).to_pydict().values(), strict=True))
+    stats = json.loads(stats_path(out).read_text())
+    assert stats["details"] == {"column": C.HIERARCHY, "level": 2, "singleton_rows": 1}
+    # on train, level 2 is the label: (H(Z), I(Z;T), H(Z|T)) = (log2 3, log2 3, 0)
+    assert stats["num_clusters"] == 3
+    assert stats["mutual_information_bits"] == pytest.approx(LOG3)
+    assert stats["conditional_entropy_bits"] == pytest.approx(0.0)
+    assert one["r7"] == one["r0"] and two["r7"] not in {two[f"r{i}"] for i in range(7)}
+    assert one["r2"] == one["r0"] and two["r2"] != two["r0"] and two["r6"] == two["r0"]
+
+
+def test_a_dataset_of_the_old_format_asks_for_prepare(
+    data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    manifest = json.loads((data / C.MANIFEST).read_text())
+    (data / C.MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    out = str(data.parent / "old.parquet")
+    assert run_cli("--data", str(data), "--method", "labels", "--out", out) == 2
+    assert "run `clinfo-ray prepare` again" in capsys.readouterr().err
 
 
 def test_a_folder_without_manifest_is_not_a_dataset(

@@ -57,6 +57,7 @@ def test_cluster_statistics_record_leaves_unlabelled_rows_out_of_label_terms() -
     record = cluster_statistics(clusters, labels)
     assert record["num_clusters"] == 3
     assert record["cluster_size"] == {"min": 1, "median": 2.0, "max": 3}
+    assert record["singleton_clusters"] == 1  # cluster 1
     assert record["cluster_entropy_bits"] == pytest.approx(h(0.5, 1 / 6, 1 / 3))
     # labelled rows only: z = [0,0,0,1], t = [0,0,1,1]
     assert record["num_labelled_rows"] == 4

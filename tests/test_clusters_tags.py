@@ -63,7 +63,20 @@ def test_only_combinations_that_occur_become_clusters() -> None:
     rows = [["a", "b"], ["a", "b"], ["c"], []]
     clusters, _ = top_k_tag_clusters(tag_presence(tags_array(rows), all_train(4)), 3)
     # ranks a, b (p = 1/2), c (p = 1/4) -> bits 0, 1, 2; codes 0b011, 0b011, 0b100, 0
+    # (the untagged row is the all-zero attribute row: the paper's construction)
     np.testing.assert_array_equal(clusters, [1, 1, 2, 0])
+
+
+def test_tags_kmeans_makes_every_untagged_row_a_singleton() -> None:
+    rows = [["x", "y"]] * 3 + [["z"]] * 3 + [[], [], ["test-only"], []]
+    train = np.array([True] * 8 + [False, False])
+    clusters = tags_kmeans_clusters(tag_presence(tags_array(rows), train), 2, seed=0)
+    assert len(set(clusters[:3])) == 1 and len(set(clusters[3:6])) == 1
+    assert clusters[0] != clusters[3]
+    # rows 6, 7 (untagged, train), 8 (only a tag the train split never saw), 9 (test): alone
+    alone = clusters[6:].tolist()
+    assert len(set(alone)) == 4 and not set(alone) & {clusters[0], clusters[3]}
+    assert sorted(np.unique(clusters)) == list(range(6))
 
 
 def test_entropy_and_frequency_rank_differently() -> None:
@@ -124,12 +137,12 @@ def test_tags_kmeans_recovers_planted_tag_groups() -> None:
     groups = [[f"g{g}_{i}" for i in range(8)] for g in range(5)]
     truth = np.repeat(np.arange(5), 30)
     rows = [list(rng.choice(groups[g], size=4, replace=False)) for g in truth]
-    rows += [[], []]  # untagged rows share one extra cluster
+    rows += [[], []]  # untagged rows: a singleton each
     train = np.ones(len(rows), dtype=bool)
     train[::7] = False  # test rows are assigned to the nearest train centroid
     clusters = tags_kmeans_clusters(tag_presence(tags_array(rows), train), 5, seed=0, nredo=2)
-    assert sorted(np.unique(clusters)) == list(range(6))
-    assert clusters[-1] == clusters[-2] and clusters[-1] not in clusters[:-2]
+    assert sorted(np.unique(clusters)) == list(range(7))
+    assert clusters[-1] != clusters[-2] and not {clusters[-1], clusters[-2]} & set(clusters[:-2])
     pairs = np.unique(np.stack([clusters[:-2], truth], axis=1), axis=0)
     assert len(pairs) == 5  # one cluster per planted group
 

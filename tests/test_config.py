@@ -164,3 +164,53 @@ def test_cross_section_checks() -> None:
         )
     with pytest.raises(ConfigError, match=r"optim\.warmup_epochs"):
         OptimConfig(warmup_epochs=10, epochs=5)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        # ce-clusters' classifier needs K from the start; iterative k-means has no starting table
+        (
+            {"loss.method": "ce-clusters", "clusters.method": "kmeans"},
+            r"loss\.method.*ce-clusters.*clusters\.method 'kmeans'",
+        ),
+        # a table that the method would silently ignore
+        (
+            {"loss.method": "simclr", "clusters.table_path": "t.parquet"},
+            r"clusters\.table_path.*loss\.method 'simclr'",
+        ),
+        (
+            {"loss.method": "supcon", "clusters.table_path": "t.parquet"},
+            r"clusters\.table_path.*'supcon'",
+        ),
+        (
+            {"loss.method": "clinfonce-kmeans", "clusters.table_path": "t.parquet"},
+            r"clusters\.table_path",
+        ),
+        (
+            {"clusters.method": "kmeans", "clusters.table_path": "t.parquet"},
+            r"clusters\.table_path.*clusters\.method 'kmeans'",
+        ),
+    ],
+)
+def test_unsupported_method_combinations_name_the_keys(
+    overrides: dict[str, str], pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern) as raised:
+        apply_overrides(TrainConfig(), overrides)
+    assert raised.value.key in overrides
+
+
+def test_supported_method_combinations_load() -> None:
+    for method in ("tags-kmeans", "tags", "hierarchy", "labels", "instance"):
+        cfg = apply_overrides(
+            TrainConfig(), {"loss.method": "ce-clusters", "clusters.method": method}
+        )
+        assert cfg.cluster_method == method and not cfg.is_iterative_clustering
+    cfg = apply_overrides(
+        TrainConfig(), {"loss.method": "ce-clusters", "clusters.table_path": "t.parquet"}
+    )
+    assert cfg.clusters.table_path == "t.parquet"
+    assert apply_overrides(
+        TrainConfig(), {"loss.method": "clinfonce-kmeans"}
+    ).is_iterative_clustering

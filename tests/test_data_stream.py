@@ -1,12 +1,13 @@
-"""The Ray Data stream of views: clusters, equal batches, new order per epoch, dropped images,
-the worker-side (GPU option) augmentation on CPU tensors, and a 2-worker Ray Train run."""
+"""The streamed training input: clusters, equal batches, a new order per epoch that repeats
+under the same seed, disjoint rank shares, dropped images, held-out rows, the worker-side
+augmentation, and a 2-worker Ray Train run."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +17,8 @@ import torch
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.stream import DropCounter, build_view_stream, iter_views
+from clinfo_ray.data.stream import IMAGE_U8, DropCounter, StreamPlan
+from clinfo_ray.distributed import until_any_rank_ends
 from tests.test_prepare_imagefolder import draw_shapes, write_csv
 
 pytestmark = pytest.mark.ray
@@ -65,103 +67,125 @@ def sorted_ids(folder: Path) -> list[str]:
     return sorted([*good, "broken.png"])
 
 
-def epoch(ds, **kw) -> list[dict[str, torch.Tensor]]:
-    return list(iter_views(ds, batch_size=8, **kw))
+def plan_of(folder: Path, **kw) -> StreamPlan:
+    return StreamPlan.build(folder, **{"augmentation": AUG, "piece_rows": 4, "task_rows": 16, **kw})
 
 
-@pytest.mark.parametrize(
-    ("shuffle", "cache_decoded"), [("pieces", False), ("full", False), ("pieces", True)]
-)
-def test_views_clusters_and_dropped_images(shapes_dataset, shuffle, cache_decoded):
+def epoch(plan: StreamPlan, number: int = 1, **kw) -> list[dict[str, torch.Tensor]]:
+    return list(plan.iter_epoch(number, **{"batch_size": 8, **kw}))
+
+
+def indices(batches: list[dict[str, torch.Tensor]]) -> list[int]:
+    return torch.cat([b["index"] for b in batches]).tolist()
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_views_clusters_and_dropped_images(shapes_dataset, cache):
     ids = sorted_ids(shapes_dataset)
     clusters = pa.table({C.ID: ids, C.CLUSTER: [len(i) % 3 for i in ids]})  # any id -> int
     drops = DropCounter.create()
-    ds = build_view_stream(
-        shapes_dataset,
-        augmentation=AUG,
-        clusters=clusters,
-        drops=drops,
-        decode_batch_size=16,
-        cache_decoded=cache_decoded,
-        shuffle=shuffle,
-        piece_rows=4,
-    )
-    batches = epoch(ds)
+    plan = plan_of(shapes_dataset, clusters=clusters, drops=drops, cache=cache)
+    batches = epoch(plan)
     assert len(batches) == N_GOOD // 8  # the broken row is gone, every batch full
     b = batches[0]
     assert b["views"].shape == (8, 2, 3, 16, 16) and b["views"].dtype == torch.float32
     assert 0.0 <= b["views"].min() and b["views"].max() <= 1.0
-    index = torch.cat([x["index"] for x in batches])
-    assert sorted(index.tolist()) == [i for i, name in enumerate(ids) if name != "broken.png"]
+    assert sorted(indices(batches)) == [i for i, name in enumerate(ids) if name != "broken.png"]
     for x in batches:
         want = [len(ids[i]) % 3 for i in x["index"].tolist()]
         assert x["cluster"].tolist() == want
         assert x["label"].dtype == torch.int64 and set(x["label"].tolist()) <= {0, 1}
     assert drops.count() == 1
     assert drops.recent()[0][0] == "broken.png"
-    second = torch.cat([x["index"] for x in epoch(ds)])
-    assert sorted(second.tolist()) == sorted(index.tolist())
-    assert second.tolist() != index.tolist()  # a new order every epoch
+    second = indices(epoch(plan, 2))
+    assert sorted(second) == sorted(indices(batches))
+    assert second != indices(batches)  # a new order every epoch
 
 
-def test_instance_clusters_by_default_and_gpu_path_on_cpu(shapes_dataset):
-    ds = build_view_stream(shapes_dataset, augmentation=AUG, augment_on="worker", shuffle=False)
+@pytest.mark.parametrize("augment_on", ["ray_data", "worker"])
+def test_the_same_seed_gives_the_same_batches_and_another_seed_others(shapes_dataset, augment_on):
+    """Every draw (piece order, rows in a task, the buffer, the crops) comes from the seed:
+    the same epoch twice is identical to the bit, cached or not; another seed differs."""
+    in_tasks = AUG if augment_on == "ray_data" else None
+    on_worker = None if in_tasks else AUG
+    runs = [
+        epoch(
+            plan_of(shapes_dataset, augmentation=in_tasks, decode_size=16, seed=s, cache=c),
+            augmentation=on_worker,
+        )
+        for s, c in [(7, False), (7, False), (7, True), (8, False)]
+    ]
+    for other in runs[1:3]:
+        assert indices(other) == indices(runs[0])
+        assert all(torch.equal(a["views"], b["views"]) for a, b in zip(runs[0], other, strict=True))
+    assert indices(runs[3]) != indices(runs[0])
+
+
+def test_ranks_take_disjoint_shares_and_stop_together(shapes_dataset):
+    plan = plan_of(shapes_dataset)
+    shares = [indices(epoch(plan, 3, rank=r, world=2, batch_size=4)) for r in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])
+    assert len(shares[0]) + len(shares[1]) >= N_GOOD - 2 * 4  # at most a partial batch each
+    assert shares != [indices(epoch(plan, 4, rank=r, world=2, batch_size=4)) for r in (0, 1)]
+    # one process: until_any_rank_ends is the plain iterator
+    assert len(list(until_any_rank_ends(iter(range(3)), torch.device("cpu")))) == 3
+
+
+def test_held_out_rows_are_never_streamed(shapes_dataset):
+    keep = np.ones(N_GOOD + 1, dtype=bool)
+    keep[::4] = False  # index 0, 4, 8, ...
+    plan = plan_of(shapes_dataset, keep=keep)
+    seen = [int(i) for b in plan.dataset().iter_torch_batches(batch_size=None) for i in b["index"]]
+    ids = sorted_ids(shapes_dataset)
+    assert sorted(seen) == [i for i in range(N_GOOD + 1) if keep[i] and ids[i] != "broken.png"]
+    with pytest.raises(ValueError, match="keep has shape"):
+        plan_of(shapes_dataset, keep=keep[:-1])
+
+
+def test_decoded_images_and_worker_augmentation(shapes_dataset):
+    plan = plan_of(shapes_dataset, augmentation=None, decode_size=24)
     with pytest.raises(ValueError, match="augmentation="):
-        epoch(ds)
-    batches = epoch(ds, augmentation=AUG, device="cpu")
+        epoch(plan)
+    batches = epoch(plan, augmentation=AUG, device="cpu")
     assert len(batches) == N_GOOD // 8
     for x in batches:
         assert torch.equal(x["cluster"], x["index"])  # every image its own cluster
         assert x["views"].shape == (8, 2, 3, 16, 16) and x["views"].dtype == torch.float32
         assert not torch.equal(x["views"][:, 0], x["views"][:, 1])
+    block = next(iter(plan.dataset().iter_torch_batches(batch_size=None)))
+    assert block[IMAGE_U8].shape[1:] == (3, 24, 24)  # decoded at decode_size, not the crop size
 
 
-def test_piece_order_is_new_every_epoch_and_mixes_rows(shapes_dataset):
-    """Every image once per epoch, a different order each time, and neighbouring rows of the
-    Parquet do not stay neighbours (the rows of a task are permuted, not only the pieces)."""
-    ds = build_view_stream(
-        shapes_dataset, augmentation=AUG, decode_batch_size=16, piece_rows=4, shuffle="pieces"
-    )
-    orders = [torch.cat([x["index"] for x in epoch(ds)]).tolist() for _ in range(3)]
-    for order in orders:
-        assert len(order) == len(set(order)) == N_GOOD
-        assert set(order) == set(orders[0])
-    assert len({tuple(o) for o in orders}) == 3
-    steps = [abs(a - b) for o in orders for a, b in itertools.pairwise(o)]
-    assert sum(s == 1 for s in steps) < len(steps) / 2  # mostly not file order
-
-
-def test_unshuffled_stream_keeps_rows_within_a_block_in_order(shapes_dataset):
-    ds = build_view_stream(
-        shapes_dataset, augmentation=AUG, decode_batch_size=8, piece_rows=4, shuffle=False
-    )
+def test_unshuffled_dataset_keeps_file_order(shapes_dataset):
     ids = sorted_ids(shapes_dataset)
     file_ids = pq.read_table(shapes_dataset / "train-000000.parquet").column(C.ID).to_pylist()
-    file_order = ",".join(str(ids.index(i)) for i in file_ids)
-    blocks = [b["index"].tolist() for b in ds.iter_torch_batches(batch_size=None)]
-    assert sorted(i for b in blocks for i in b) == sorted(ids.index(i) for i in file_ids)
-    for b in blocks:
-        if b:
-            assert ",".join(map(str, b)) in file_order  # a run of the file, in file order
+    plan = plan_of(shapes_dataset)
+    seen = [int(i) for b in plan.dataset().iter_torch_batches(batch_size=None) for i in b["index"]]
+    assert seen == [ids.index(i) for i in file_ids]
 
 
 def test_cluster_table_missing_ids_is_an_error(shapes_dataset):
     ids = sorted_ids(shapes_dataset)[:-3]
     table = pa.table({C.ID: ids, C.CLUSTER: [0] * len(ids)})
     with pytest.raises(ValueError, match="3 image id"):
-        build_view_stream(shapes_dataset, augmentation=AUG, clusters=table)
-    with pytest.raises(ValueError, match="shuffle must be"):
-        build_view_stream(shapes_dataset, augmentation=AUG, shuffle="rows")
+        plan_of(shapes_dataset, clusters=table)
     with pytest.raises(ValueError, match="cluster must be integer"):
         bad = pa.table({C.ID: ids, C.CLUSTER: [0.5] * len(ids)})
-        build_view_stream(shapes_dataset, augmentation=AUG, clusters=bad)
+        plan_of(shapes_dataset, clusters=bad)
+    with pytest.raises(ValueError, match="decode_size is needed"):
+        plan_of(shapes_dataset, augmentation=None)
 
 
 def _loop(config: dict) -> None:
+    import ray.train
     import torch.distributed as dist
 
+    me, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    plan: StreamPlan = config["plan"]
     seen = []
-    for batch in iter_views(batch_size=4):
+    for batch in until_any_rank_ends(
+        plan.iter_epoch(1, batch_size=4, rank=me, world=world), torch.device("cpu")
+    ):
         assert batch["views"].shape == (4, 2, 3, 16, 16)
         seen.append(batch["index"])
     mine = torch.cat(seen)
@@ -183,34 +207,32 @@ def test_stream_feeds_two_ray_train_workers(shapes_dataset, tmp_path):
     from ray.train.torch import TorchTrainer
 
     drops = DropCounter.create()
-    ds = build_view_stream(shapes_dataset, augmentation=AUG, drops=drops, decode_batch_size=8)
+    plan = plan_of(shapes_dataset, drops=drops)
     trainer = TorchTrainer(
         _loop,
-        train_loop_config={"drops": drops, "out": str(tmp_path / "seen.json")},
-        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-        datasets={"train": ds},
+        train_loop_config={"plan": plan, "drops": drops, "out": str(tmp_path / "seen.json")},
+        scaling_config=ScalingConfig(
+            num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}
+        ),
         run_config=RunConfig(storage_path=str(tmp_path), name="stream_smoke"),
     )
     trainer.fit()
     metrics = json.loads((tmp_path / "seen.json").read_text())
-    assert metrics["sizes"][0] == metrics["sizes"][1] >= 16  # equal shards, whole batches
+    assert metrics["sizes"][0] == metrics["sizes"][1] >= 16  # equal steps, whole batches
     index = metrics["index"]
     assert len(set(index)) == len(index)  # no image on both workers
-    assert metrics["dropped"] == 1
+    assert metrics["dropped"] >= 1
     drops.close()
     with pytest.raises(ray.exceptions.RayActorError):
         drops.count()
 
 
 def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):
-    """data.cache 'worker': the unsplit, unshuffled, cached stream read into memory holds every
-    good image once, in index order, with the pixels the stream decoded."""
-    from clinfo_ray.data.stream import IMAGE_U8
+    """data.cache 'worker': the split read whole in file order into memory holds every good
+    image once, in index order, with the pixels the stream decoded."""
     from clinfo_ray.data.worker_cache import InMemorySplit
 
-    ds = build_view_stream(
-        shapes_dataset, augmentation=AUG, augment_on="worker", shuffle="none", cache_decoded=True
-    )
+    ds = plan_of(shapes_dataset, augmentation=None, decode_size=16).dataset()
     split = InMemorySplit.load(ds)
     ids = sorted_ids(shapes_dataset)
     assert split.index.tolist() == [i for i, name in enumerate(ids) if name != "broken.png"]

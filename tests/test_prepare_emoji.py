@@ -84,6 +84,19 @@ def test_split_by_style_keeps_classes_and_separates_styles():
     assert {r[C.LABEL] for r in test} <= {r[C.LABEL] for r in train}
 
 
+def test_emoji_hierarchy_is_category_then_subcategory(tmp_path):
+    emoji = [
+        {"unified": "1F600", "image": "1f600.png", "category": "Smileys & Emotion",
+         "subcategory": "face-smiling", "has_img_google": True},
+        {"unified": "1F98A", "image": "1f98a.png", "category": "Animals & Nature",
+         "subcategory": "animal-mammal", "has_img_google": True},
+    ]  # fmt: skip
+    table = emoji_rows(emoji, {}, {"google": tmp_path}, test_fraction=0.0, test_style=None)
+    rows = {r[C.ID]: r for r in table.rows.to_pylist()}
+    assert rows["google/1F600"][C.HIERARCHY] == ["Smileys & Emotion", "face-smiling"]
+    assert rows["google/1F98A"][C.HIERARCHY] == ["Animals & Nature", "animal-mammal"]
+
+
 def test_code_points_join_drops_the_variation_selector():
     assert code_points("2764-FE0F") == "2764"
     assert code_points("1f636-200d-1f32b-fe0f") == "1F636-200D-1F32B"

@@ -13,6 +13,7 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest, split_files
 from clinfo_ray.data.prepare import PrepareConfig, prepare
 from clinfo_ray.data.prepare_cli import main as prepare_main
+from clinfo_ray.data.sources.imagefolder import load_imagefolder
 from clinfo_ray.data.sources.source_table import PrepareError
 
 pytestmark = pytest.mark.ray
@@ -135,6 +136,33 @@ def test_malformed_annotations_name_file_and_line(tmp_path, name, text, where):
     with pytest.raises(PrepareError, match=where):
         prepare(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_hierarchy_annotations_in_csv_and_jsonl(tmp_path):
+    images = tmp_path / "img"
+    draw_shapes(images, 3, size=16)
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(
+        "path,tags,label,hierarchy\n"
+        "img_000.png,red,circle,shape > round>circle\n"
+        "img_001.png,green,circle,\n"
+        "img_002.png,blue,circle,shape\n"
+    )
+    rows = load_imagefolder(images, csv_path).rows.to_pydict()
+    assert rows[C.HIERARCHY] == [["shape", "round", "circle"], [], ["shape"]]
+    jsonl = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"path": "img_000.png", "hierarchy": ["shape", "round"]},
+            {"path": "img_001.png", "hierarchy": "shape>square"},
+            {"path": "img_002.png"},
+        ],
+    )
+    rows = load_imagefolder(images, jsonl).rows.to_pydict()
+    assert rows[C.HIERARCHY] == [["shape", "round"], ["shape", "square"], []]
+    csv_path.write_text("path,tags,hierarchy\nimg_000.png,red,shape>>circle\n")
+    with pytest.raises(PrepareError, match=r"a\.csv:2: empty ancestor"):
+        load_imagefolder(images, csv_path)
 
 
 def test_duplicate_ids_are_an_error(tmp_path):

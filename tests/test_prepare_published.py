@@ -59,6 +59,7 @@ def test_cub200_layout(ray_session, tmp_path):
     r = rows(out)
     first = r["001.Black_footed_Albatross/img_000.png"]  # image 1: 1+1 even -> attribute 1
     assert first[C.TAGS] == ["has_bill_shape::dagger"] and first[C.LABEL] == 0
+    assert first[C.HIERARCHY] == []  # CUB-200 ships no hierarchy
     assert r["002.Laysan_Albatross/img_001.png"][C.SPLIT] == C.TEST
     assert r["002.Laysan_Albatross/img_000.png"][C.TAGS] == ["has_wing_color::blue"]
 
@@ -92,6 +93,8 @@ def test_ut_zappos50k_layout(ray_session, tmp_path):
     r = rows(out)
     assert r["Shoes/Oxfords/Bostonian/100627.72.jpg"][C.TAGS] == ["Closure.Lace up", "Gender.Men"]
     assert r["Boots/Ankle/Frye/7965307.5291.jpg"][C.COARSE_LABEL] == 0
+    assert r["Boots/Ankle/Frye/7965307.5291.jpg"][C.HIERARCHY] == ["Boots", "Ankle"]
+    assert r["Shoes/Oxfords/Bostonian/100627.72.jpg"][C.HIERARCHY] == ["Shoes", "Oxfords"]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -4,6 +4,7 @@ after a real worker process is killed."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -13,10 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint_state
+from clinfo_ray.checkpointing import (
+    load_checkpoint,
+    load_model_from_checkpoint,
+    read_checkpoint_state,
+)
 from clinfo_ray.config import ConfigError, TrainConfig, load_config
 from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.training.launch import check_before_ray, train
+from clinfo_ray.model import build_model
+from clinfo_ray.training.cluster_state import table_assignment
+from clinfo_ray.training.launch import check_before_ray, train, val_by_index
+from clinfo_ray.training.objective import TrainModule
 from clinfo_ray.training.worker import PID_DIR
 from tests.test_prepare_imagefolder import draw_shapes
 
@@ -92,7 +100,9 @@ def test_two_workers_train_log_and_checkpoint(
     assert saved_cfg.data.dataset_dir == str(shapes)  # resolved on the driver
     assert saved_cfg.model == cfg.model and saved_cfg.optim == cfg.optim
     state = read_checkpoint_state(outcome.checkpoint)
-    assert (state.epoch, state.step) == (2, 2 * (48 // 16))
+    steps = check_before_ray(cfg)  # training rows (train less validation) // 16
+    assert steps == (48 - int(val_by_index(cfg).sum())) // 16 >= 2
+    assert (state.epoch, state.step) == (2, 2 * steps)
     assert state.cluster_table_version == 0
     out = model(torch.rand(3, 3, 16, 16))
     assert out.projections.shape == (3, 128) and torch.isfinite(out.projections).all()
@@ -105,7 +115,7 @@ def test_two_workers_train_log_and_checkpoint(
         == outcome.cluster_stats["num_clusters"]
     )
     events = EventAccumulator(str(outcome.run_dir / "tensorboard")).Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [3, 6]
+    assert [e.step for e in events.Scalars("train/loss")] == [steps, 2 * steps]
     assert len(events.Scalars("eval/knn_top1")) == 2
     assert "clusters/mutual_information_bits" in events.Tags()["scalars"]
 
@@ -131,6 +141,52 @@ def test_iterative_kmeans_rebuilds_clusters_and_keeps_version(shapes: Path, tmp_
     assert read_checkpoint_state(outcome.checkpoint).cluster_table_version == 2
     versions = [r["clusters/version"] for r in _records(outcome.run_dir, "epoch")]
     assert versions == [0.0, 1.0, 2.0]
+
+
+# loss.method -> extra overrides; every method once on 2 workers, so none breaks silently
+METHODS = {
+    "simclr": [],
+    "clinfonce": [],
+    "clinfonce-kmeans": ["clusters.k=4", "clusters.warmup_epochs=1"],
+    "supcon": [],
+    "ce-clusters": [],
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_loss_method_trains_two_epochs_on_two_workers(
+    shapes: Path, tmp_path: Path, method: str
+) -> None:
+    cfg = _config(shapes, tmp_path, method, f"loss.method={method}", *METHODS[method])
+    outcome = train(cfg)
+    epochs = _records(outcome.run_dir, "epoch")
+    assert [r["epoch"] for r in epochs] == [1.0, 2.0] and outcome.metrics["epoch"] == 2.0
+    losses = [r["train/loss"] for r in epochs]
+    assert all(math.isfinite(x) and x > 0 for x in losses), losses
+    assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
+
+    model, saved_cfg = load_model_from_checkpoint(outcome.checkpoint)
+    assert saved_cfg.loss.method == method
+    state = read_checkpoint_state(outcome.checkpoint)
+    assert (state.epoch, state.step) == (2, 2 * check_before_ray(cfg))  # train less val rows
+    assert torch.isfinite(model(torch.rand(3, 3, 16, 16)).features).all()
+
+    if method == "clinfonce-kmeans":  # instances for the warm-up epoch, then its own k-means
+        assert outcome.cluster_stats is None and state.cluster_table_version == 1
+    elif method in ("simclr", "supcon"):  # instances / the 2 shape labels of the tiny set
+        expected = {"simclr": 48, "supcon": 2}[method]
+        assert outcome.cluster_stats["num_clusters"] == expected
+    if method == "ce-clusters":  # the paper's baseline: starts near log K (K tag clusters)
+        table = str(outcome.run_dir / "clusters" / "tags.parquet")
+        k = int(table_assignment(str(shapes), table).max()) + 1
+        inner = TrainModule(build_model(saved_cfg.model), k)
+        load_checkpoint(outcome.checkpoint, model=inner.model, loss_module=inner.classifier)
+        assert inner.classifier is not None and inner.classifier.num_clusters == k >= 2
+        logits = inner.eval()(torch.rand(2, 2, 3, 16, 16)).logits
+        assert logits is not None and logits.shape == (2, 2, k) and torch.isfinite(logits).all()
+        assert losses[0] < 2 * math.log(k)
+    else:  # Cl-InfoNCE over 2 x 16 views: about log(31) at the start, far above 0
+        assert losses[0] > 1.0
 
 
 def _registered_epoch(run_dir: Path) -> int:
@@ -177,7 +233,7 @@ def test_killed_worker_resumes_from_checkpoint(shapes: Path, tmp_path: Path) -> 
     epochs = [r["epoch"] for r in _records(outcome.run_dir, "epoch")]
     assert epochs[-1] == 8.0 and 1.0 not in epochs[epochs.index(float(registered)) :]
     state = read_checkpoint_state(outcome.checkpoint)
-    assert (state.epoch, state.step) == (8, 8 * 3)
+    assert (state.epoch, state.step) == (8, 8 * check_before_ray(cfg))
 
 
 def test_same_run_name_resumes_instead_of_starting_over(shapes: Path, tmp_path: Path) -> None:

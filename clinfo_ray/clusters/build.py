@@ -17,10 +17,11 @@ from clinfo_ray.config import ClustersConfig
 from clinfo_ray.data import columns as C
 
 from .from_embeddings import Embeddings, align_embeddings, embedding_kmeans_clusters
-from .from_tags import tag_presence, tags_kmeans_clusters, top_k_tag_clusters
+from .from_hierarchy import hierarchy_clusters
+from .from_tags import TagPresence, tag_presence, tags_kmeans_clusters, top_k_tag_clusters
 from .metadata import label_codes, read_metadata, train_mask
 from .statistics import UNLABELLED, cluster_statistics
-from .table import clusters_for, contiguous, read_table, validate_table, write_table
+from .table import clusters_for, read_table, validate_table, with_singletons, write_table
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def stats_path(table_path: str | Path) -> Path:
 
 def metadata_columns(config: ClustersConfig) -> list[str]:
     """The dataset columns a method reads (never the image bytes)."""
-    extra = {"tags": [C.TAGS], "tags-kmeans": [C.TAGS], "hierarchy": [config.hierarchy_column]}
+    extra = {"tags": [C.TAGS], "tags-kmeans": [C.TAGS], "hierarchy": [C.HIERARCHY]}
     return list(dict.fromkeys([*STATS_COLUMNS, *extra.get(config.method, [])]))
 
 
@@ -90,7 +91,8 @@ def assign_clusters(
     """(n,) int64 clusters 0..K-1 for the rows of `metadata`, and what the method chose.
 
     `metadata` holds the columns `metadata_columns(config)` names; `embeddings` (by image id)
-    are what the `kmeans` method clusters, and only it.
+    are what the `kmeans` method clusters, and only it. Rows that carry nothing to group them by
+    (no label, no tag, too short an ancestor list) are singletons; the details count them.
     """
     if config.method in EMBEDDING_METHODS:
         if embeddings is None:
@@ -103,17 +105,22 @@ def assign_clusters(
     if config.method == "instance":
         return np.arange(metadata.num_rows, dtype=np.int64), {}
     if config.method == "labels":
-        return column_clusters(metadata[C.LABEL]), {"column": C.LABEL}
+        unlabelled = int(metadata[C.LABEL].null_count)
+        return column_clusters(metadata[C.LABEL]), {"column": C.LABEL, "singleton_rows": unlabelled}
     if config.method == "hierarchy":
-        column = config.hierarchy_column
-        return column_clusters(metadata[column]), {"column": column}
+        clusters, alone = hierarchy_clusters(metadata[C.HIERARCHY], config.hierarchy_level)
+        details = {"column": C.HIERARCHY, "level": config.hierarchy_level, "singleton_rows": alone}
+        return clusters, details
     presence = tag_presence(
         metadata[C.TAGS], train_mask(metadata), options.tags_include, options.tags_exclude
     )
-    details: dict[str, Any] = {"tag_vocabulary_size": len(presence.vocabulary)}
+    untagged = int((~presence.has_tags).sum())
     if config.method == "tags":
         clusters, chosen = top_k_tag_clusters(presence, config.top_k, config.tag_ranking)
-        return clusters, {**details, "tags": chosen}
+        has_chosen = np.isin(presence.cols, np.flatnonzero(np.isin(presence.vocabulary, chosen)))
+        none_of_k = presence.num_rows - np.unique(presence.rows[has_chosen]).size
+        # the paper's all-zero cluster: rows with none of the k tags, the untagged ones included
+        return clusters, _tag_details(presence, untagged, 0, tags=chosen, all_zero_rows=none_of_k)
     clusters = tags_kmeans_clusters(
         presence,
         config.k,
@@ -125,7 +132,20 @@ def assign_clusters(
         max_dense_bytes=options.max_dense_bytes,
         projection_dim=options.projection_dim,
     )
-    return clusters, details
+    return clusters, _tag_details(presence, untagged, untagged)  # untagged: singletons
+
+
+def _tag_details(
+    presence: TagPresence, untagged: int, singletons: int, **extra: Any
+) -> dict[str, Any]:
+    """What a tag method records: vocabulary size, the rows without a vocabulary tag and how
+    many rows the method made singletons."""
+    return {
+        "tag_vocabulary_size": len(presence.vocabulary),
+        "untagged_rows": untagged,
+        "singleton_rows": singletons,
+        **extra,
+    }
 
 
 def kmeans_of_embeddings(
@@ -151,9 +171,7 @@ def column_clusters(column: pa.ChunkedArray) -> np.ndarray:
     """One cluster per distinct value of a column; a row whose value is null is its own
     (singleton) cluster, since nothing says which other rows it belongs with."""
     codes = label_codes(column)
-    missing = codes == UNLABELLED
-    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
-    return contiguous(codes)
+    return with_singletons(codes, codes == UNLABELLED)
 
 
 def table_statistics(table: pa.Table, metadata: pa.Table) -> dict[str, Any]:

@@ -75,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-actors", type=int, help="kmeans: encoder actors (default: from the Ray cluster)"
     )
     parser.add_argument(
-        "--column", default=defaults.hierarchy_column, help="hierarchy: the column to cluster by"
+        "--level",
+        type=int,
+        default=defaults.hierarchy_level,
+        help="hierarchy: how many ancestors, coarse to fine, make a cluster (1 = the coarsest)",
     )
 
 
@@ -85,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> ClustersConfig:
         k=args.k,
         top_k=args.top_k,
         tag_ranking=args.rank_by,
-        hierarchy_column=args.column,
+        hierarchy_level=args.level,
         niter=args.niter,
         nredo=args.nredo,
     )

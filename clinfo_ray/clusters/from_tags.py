@@ -3,6 +3,13 @@
 Tags are read as a sparse presence matrix (row, tag) built with pyarrow, never as Python lists
 per row, so that 10^6 images with long tag lists stay cheap. Vocabularies, ranks and idf come
 from the train split; every row (train and test) gets a cluster.
+
+Untagged rows: in `tags-kmeans` a row without a vocabulary tag has a zero TF-IDF vector, which
+says nothing about what it resembles, so it is its own (singleton) cluster, as a row without a
+label is in the `labels` method: one shared "no tags" cluster would make every untagged image of
+a real hashtag set a false positive of every other. In `tags` (the paper's binary attributes) an
+empty tag list is the all-zero attribute row and shares the all-zero cluster; see
+`top_k_tag_clusters`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .kmeans import fit_and_assign
-from .table import contiguous
+from .table import contiguous, with_singletons
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +117,14 @@ def top_k_tag_clusters(
     """The paper's construction: the top_k tags as binary attributes, one cluster per distinct
     combination of the k bits that occurs. Returns ((n,) int64 clusters 0..K-1, the k tags).
 
-    Cluster ids follow the sorted bit codes (bit i = the i-th ranked tag), so the rows with none
-    of the k tags form cluster 0 when there are any.
+    Rows with none of the k tags, untagged rows included, form one cluster (the all-zero code,
+    cluster 0 when there are any). That is the paper's construction, kept on purpose: "none of
+    these k attributes" is an attribute combination like any other, and the attribute sources
+    (UT-Zappos50K, CUB-200) write a row as the names of its 1-bits, so an empty tag list *is*
+    the all-zero row there; it cannot be told apart from "no information". For free-form
+    hashtags, where an untagged image says nothing, use `tags-kmeans` (untagged rows are
+    singletons there); build_clusters reports the size of the all-zero cluster either way.
+    Cluster ids follow the sorted bit codes (bit i = the i-th ranked tag).
     """
     size = len(presence.vocabulary)
     if top_k > size:
@@ -170,7 +183,9 @@ def tags_kmeans_clusters(
     projection_dim: int = 256,
 ) -> np.ndarray:
     """Spherical k-means of the TF-IDF vectors: fit on the train rows, assign every row to its
-    nearest centroid. Rows without any tag share one extra cluster. (n,) int64, ids 0..K-1."""
+    nearest centroid. Rows without a vocabulary tag (``~presence.has_tags``: their TF-IDF
+    vector is zero, so no centroid is nearer than another) are singletons after the k clusters.
+    (n,) int64, ids 0..K-1."""
     x = tfidf_vectors(
         presence, max_dense_bytes=max_dense_bytes, projection_dim=projection_dim, seed=seed
     )
@@ -178,12 +193,12 @@ def tags_kmeans_clusters(
     fit_rows = np.flatnonzero(has_tags & presence.train)
     if k > fit_rows.size:
         raise ValueError(f"--k {k} is larger than the number of tagged train rows, {fit_rows.size}")
-    clusters = np.full(presence.num_rows, -1, dtype=np.int64)  # -1: the "no tags" cluster
+    clusters = np.zeros(presence.num_rows, dtype=np.int64)
     tagged = np.flatnonzero(has_tags)
     clusters[tagged] = fit_and_assign(
         x, fit_rows, tagged, k, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu, init=init
     )
-    return contiguous(clusters)
+    return with_singletons(clusters, ~has_tags)
 
 
 def _project(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from clinfo_ray.data import columns as C
+from clinfo_ray.data.manifest import check_format_version
 
 from .statistics import UNLABELLED
 
 
 def parquet_files(data_dir: str | Path) -> list[Path]:
-    """The dataset's Parquet shards, sorted; an error when `data_dir` is not a dataset."""
+    """The dataset's Parquet shards, sorted; an error when `data_dir` is not a dataset (of this
+    format version)."""
     root = Path(data_dir)
     if not (root / C.MANIFEST).is_file():
         raise FileNotFoundError(f"{root} is not a clinfo-ray dataset: no {C.MANIFEST} in it")
+    check_format_version(json.loads((root / C.MANIFEST).read_text()).get("format_version"), root)
     files = sorted(
         path
         for path in root.rglob("*.parquet")

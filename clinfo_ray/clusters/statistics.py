@@ -46,8 +46,9 @@ def cluster_statistics(clusters: np.ndarray, labels: np.ndarray | None) -> dict[
 
     clusters: (n,) int64 cluster ids of the rows (the train split).
     labels: (n,) integer labels of the same rows, UNLABELLED (-1) where unknown, or None.
-    H(Z), the number of clusters and the cluster sizes use every row; H(T), I(Z;T) and H(Z|T)
-    use the labelled rows only, and are None when no row has a label.
+    H(Z), the number of clusters, the number of singleton clusters (one row each: rows with no
+    tag, label or ancestor end up there) and the cluster sizes use every row; H(T), I(Z;T) and
+    H(Z|T) use the labelled rows only, and are None when no row has a label.
     """
     clusters = np.asarray(clusters)
     if clusters.ndim != 1:
@@ -56,6 +57,7 @@ def cluster_statistics(clusters: np.ndarray, labels: np.ndarray | None) -> dict[
     record: dict[str, Any] = {
         "num_rows": int(clusters.size),
         "num_clusters": int(sizes.size),
+        "singleton_clusters": int((sizes == 1).sum()),
         "cluster_entropy_bits": _entropy_of_counts(sizes),
         "label_entropy_bits": None,
         "mutual_information_bits": None,

@@ -27,6 +27,17 @@ def contiguous(values: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(values), return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
+def with_singletons(codes: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """Cluster ids 0..K-1 from (n,) int64 `codes`, except that every row where `alone` is True
+    gets a cluster of its own (its code is ignored): rows that carry no information about what
+    they belong with (no label, no tag, no ancestor) must not share a cluster."""
+    codes = np.asarray(codes, dtype=np.int64).copy()
+    alone = np.asarray(alone, dtype=bool)
+    start = int(codes[~alone].max(initial=-1)) + 1
+    codes[alone] = start + np.arange(int(alone.sum()), dtype=np.int64)
+    return contiguous(codes)
+
+
 def write_table(path: str | Path, ids: pa.Array | pa.ChunkedArray, clusters: np.ndarray) -> Path:
     """Write an assignment table atomically (a temporary file renamed into place)."""
     path = Path(path)

@@ -17,6 +17,8 @@ BackboneName = Literal["small_cnn", "resnet18", "resnet50"]
 ClusterMethod = Literal["tags", "tags-kmeans", "hierarchy", "labels", "instance", "kmeans"]
 LossMethod = Literal["simclr", "clinfonce", "clinfonce-kmeans", "supcon", "ce-clusters"]
 
+# data.decode_size when not given: this many times image_size (capped by the source's size).
+DECODE_MULTIPLE = 2
 # Feature dimension of each backbone's pooled output (small_cnn: 8 x its width).
 _RESNET_FEATURE_DIM = {"resnet18": 512, "resnet50": 2048}
 
@@ -94,6 +96,12 @@ class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
     dataset_dir: str = "data/emoji"  # folder of Parquet shards + manifest.json
     image_size: int = 32  # side of each square crop, pixels
+    # Side the training images are decoded to (shorter side resized, centre square) before the
+    # random-resized crop cuts the views out of it: None means DECODE_MULTIPLE x image_size,
+    # capped by the source images' size (resolved on the driver when a run starts, and written
+    # into the run's config). A crop of 0.2 of the area then keeps source detail instead of
+    # blowing up a few pixels of an image already shrunk to image_size.
+    decode_size: int | None = None
     views: int = 2  # augmented views per image
     crop_scale_min: float = 0.2  # RandomResizedCrop scale lower bound (upper bound 1.0)
     color_jitter: float = 0.4  # brightness/contrast/saturation strength (hue is a quarter)
@@ -104,25 +112,37 @@ class DataConfig(_Section):
     # on a GPU the augmentation is nearly free, on a small CPU machine it saves the hand-over).
     augment_on: Literal["ray_data", "worker"] = "ray_data"
     batch_size_per_worker: int = 128  # images (not views) per worker step
-    # How the decoded images are kept between epochs:
+    # How the decoded images are kept between epochs (D = the decode side):
     #   "none":         Ray Data reads and decodes the Parquet again every epoch (any size of set)
-    #   "object_store": decoded once and kept in Ray's object store (N·3·S² bytes in all),
-    #                   shuffled all-to-all and handed out by Ray Data every epoch
-    #   "worker":       decoded once; every worker holds the whole split (N·3·S² bytes each, on
+    #   "object_store": decoded once into Ray's object store (N·3·D² bytes in all), one object
+    #                   per piece of the split; each epoch's tasks fetch their pieces from it
+    #   "worker":       decoded once; every worker holds the whole split (N·3·D² bytes each, on
     #                   its GPU when it has one) and draws each epoch's batches from one global
     #                   permutation seeded by (run.seed, epoch): an exact shuffle with no Ray Data
-    #                   work per epoch. For sets that fit on each worker (the emoji set: 5 MB).
+    #                   work per epoch. For sets that fit on each worker (the emoji set: 21 MB).
     cache: Literal["none", "object_store", "worker"] = "none"
+    # Share of the train split held out for validation (online kNN, every selection), carved by
+    # a salted hash of the image id (clinfo_ray.data.splits.val_mask): the same rows whatever
+    # run.seed or the number of workers. 0 means no validation split.
+    val_fraction: float = 0.1
 
     def _validate(self) -> None:
         self._require(bool(self.dataset_dir), "dataset_dir", "a non-empty path")
+        self._require(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)")
         self._require(self.image_size >= 8, "image_size", ">= 8")
+        ok = self.decode_size is None or self.decode_size >= self.image_size
+        self._require(ok, "decode_size", f"null or >= data.image_size ({self.image_size})")
         self._require(self.views >= 1, "views", ">= 1")
         self._require(0.0 < self.crop_scale_min <= 1.0, "crop_scale_min", "in (0, 1]")
         self._require(0.0 <= self.color_jitter <= 1.0, "color_jitter", "in [0, 1]")
         self._require(0.0 <= self.color_jitter_prob <= 1.0, "color_jitter_prob", "in [0, 1]")
         self._require(0.0 <= self.grayscale_prob <= 1.0, "grayscale_prob", "in [0, 1]")
         self._require(self.batch_size_per_worker >= 1, "batch_size_per_worker", ">= 1")
+
+    @property
+    def decode_side_bound(self) -> int:
+        """The decode side, or its upper bound while ``decode_size`` is not yet resolved."""
+        return self.decode_size or DECODE_MULTIPLE * self.image_size
 
     @property
     def crop_scale(self) -> tuple[float, float]:
@@ -138,7 +158,10 @@ class ClustersConfig(_Section):
     k: int = 100  # clusters of tags-kmeans and kmeans
     top_k: int = 20  # tags kept by the `tags` method (at most 2**top_k clusters)
     tag_ranking: Literal["entropy", "frequency"] = "entropy"
-    hierarchy_column: str = "coarse_label"
+    # hierarchy: a row's cluster is the first hierarchy_level ancestors of its `hierarchy`
+    # column (coarse to fine; 1 = the coarsest level, e.g. the emoji category); rows with fewer
+    # ancestors than that are singletons.
+    hierarchy_level: int = 1
     table_path: str | None = None  # a prebuilt id -> cluster table; None builds it at start
     recluster_every: int = 1  # kmeans: epochs between re-clusterings
     warmup_epochs: int = 0  # kmeans: epochs with instance clusters before the first k-means
@@ -149,7 +172,7 @@ class ClustersConfig(_Section):
         self._require(self.k >= 2, "k", ">= 2")
         # k bits are packed into one int64 code per image
         self._require(1 <= self.top_k <= 62, "top_k", "in 1..62")
-        self._require(bool(self.hierarchy_column), "hierarchy_column", "a column name")
+        self._require(self.hierarchy_level >= 1, "hierarchy_level", ">= 1")
         self._require(self.table_path is None or bool(self.table_path), "table_path", "a path")
         self._require(self.recluster_every >= 1, "recluster_every", ">= 1")
         self._require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")

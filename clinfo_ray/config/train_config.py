@@ -54,6 +54,23 @@ class TrainConfig:
                 f"must augment them too (augment_on: worker); got {self.data.augment_on!r}",
                 key="data.augment_on",
             )
+        if self.loss.method == "ce-clusters" and self.is_iterative_clustering:
+            raise ConfigError(
+                "loss.method: ce-clusters needs a fixed set of K clusters for its classifier from "
+                "the start; clusters.method 'kmeans' starts from instances and re-clusters "
+                "during the run (use tags-kmeans, tags, hierarchy, labels or instance)",
+                key="loss.method",
+            )
+        if self.clusters.table_path and (
+            self.loss.method in _FIXED_CLUSTERS or self.is_iterative_clustering
+        ):
+            raise ConfigError(
+                f"clusters.table_path: loss.method {self.loss.method!r} with clusters.method "
+                f"{self.clusters.method!r} uses {self.cluster_method} clusters and would ignore "
+                "the table (a table needs loss.method clinfonce or ce-clusters and "
+                "clusters.method other than kmeans)",
+                key="clusters.table_path",
+            )
         if self.is_iterative_clustering and self.clusters.warmup_epochs >= self.optim.epochs:
             raise ConfigError(
                 f"clusters.warmup_epochs: must be < optim.epochs ({self.optim.epochs}); "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+# 2: the `hierarchy` column, and rows written in a seeded permutation (manifest `row_order`).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 ID = "id"  # string, unique across the dataset
@@ -12,6 +13,9 @@ IMAGE = "image"  # binary: the encoded file's bytes (PNG, JPEG, ...)
 LABEL = "label"  # int32, nullable: the downstream evaluation label
 TAGS = "tags"  # list<string>, may be empty: the auxiliary information
 COARSE_LABEL = "coarse_label"  # int32, nullable: one level up a label hierarchy
+# list<string>, nullable, may be empty: the row's ancestors in a label hierarchy, coarse to fine
+# (emoji: [category, subcategory]); the `hierarchy` cluster method cuts it at a depth
+HIERARCHY = "hierarchy"
 SPLIT = "split"  # string: "train" or "test"
 
 TRAIN, TEST = "train", "test"
@@ -27,6 +31,7 @@ SCHEMA = pa.schema(
         pa.field(LABEL, pa.int32()),
         pa.field(TAGS, pa.list_(pa.string())),
         pa.field(COARSE_LABEL, pa.int32()),
+        pa.field(HIERARCHY, pa.list_(pa.string())),
         pa.field(SPLIT, pa.string(), nullable=False),
     ]
 )

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from clinfo_ray.data import columns as C
+
 WHITE = (255, 255, 255)
 
 
@@ -50,3 +52,26 @@ def decode_batch(blobs: Sequence[bytes], size: int) -> tuple[np.ndarray, np.ndar
         except Exception as err:  # PIL raises many types for bad data; all mean "not an image"
             reasons.append(f"{type(err).__name__}: {err}")
     return images[ok], ok, reasons
+
+
+def source_side(files: Sequence[str], sample: int = 64) -> int:
+    """The largest shorter side among the first ``sample`` images of a split's Parquet files
+    (headers only: nothing is decoded); what ``data.decode_size`` is capped by."""
+    import pyarrow.parquet as pq  # only the driver calls this
+
+    sides: list[int] = []
+    for path in files:
+        reader = pq.ParquetFile(path)
+        for group in range(reader.metadata.num_row_groups):
+            blobs = reader.read_row_group(group, columns=[C.IMAGE]).column(0).to_pylist()
+            for blob in blobs[: sample - len(sides)]:
+                try:
+                    with Image.open(io.BytesIO(blob)) as img:
+                        sides.append(min(img.size))
+                except Exception:  # an undecodable image is counted where it is streamed
+                    continue
+            if len(sides) >= sample:
+                return max(sides)
+    if not sides:
+        raise ValueError(f"no readable image in {files[0] if files else 'the split'}")
+    return max(sides)

@@ -5,8 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clinfo_ray.data import columns as C
+
+
+def check_format_version(found: object, folder: str | Path | None = None) -> None:
+    """A dataset written by another format version cannot be read: say how to rewrite it."""
+    if found == C.FORMAT_VERSION:
+        return
+    where = f"{folder}: " if folder is not None else ""
+    raise ValueError(
+        f"{where}format_version: this clinfo-ray reads dataset format {C.FORMAT_VERSION}, the "
+        f"dataset has {found!r}; run `clinfo-ray prepare` again to rewrite it (format 2 added "
+        "the `hierarchy` column and writes rows in a seeded random order)"
+    )
 
 
 @dataclass(frozen=True)
@@ -14,7 +27,10 @@ class Manifest:
     """The description of a prepared dataset folder.
 
     ``files`` maps a split to its Parquet shard names (relative to the folder); ``skipped`` lists
-    ``{"source": ..., "reason": ...}`` for every input left out.
+    ``{"source": ..., "reason": ...}`` for every input left out. ``row_order`` says how rows are
+    ordered across the files: ``{"permutation_seed": S}`` when ``prepare`` wrote the source rows
+    in the permutation ``numpy.random.default_rng(S).permutation(n)`` (so neighbouring rows are
+    unrelated), empty for a folder written by hand in whatever order.
     """
 
     source: str
@@ -26,13 +42,10 @@ class Manifest:
     files: dict[str, list[str]]
     format_version: int = C.FORMAT_VERSION
     options: dict[str, object] = field(default_factory=dict)
+    row_order: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format_version != C.FORMAT_VERSION:
-            raise ValueError(
-                f"format_version: this clinfo-ray reads {C.FORMAT_VERSION}, "
-                f"the dataset has {self.format_version}"
-            )
+        check_format_version(self.format_version)
 
     @property
     def num_classes(self) -> int:
@@ -49,7 +62,9 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = Path(folder) / C.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {C.MANIFEST}; not a prepared clinfo-ray dataset")
-    return Manifest(**json.loads(path.read_text()))
+    raw = json.loads(path.read_text())
+    check_format_version(raw.get("format_version"), folder)  # before fields it may lack
+    return Manifest(**raw)
 
 
 def split_files(folder: str | Path, split: str) -> list[str]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE, ROW_GROUP, START, STOP = "file", "row_group", "start", "stop"
+PIECE = "piece"  # optional int64 column of a pieces table: the piece's number in the split
 PIECE_SCHEMA = pa.schema(
     [
         pa.field(FILE, pa.string(), nullable=False),
@@ -53,7 +54,8 @@ def read_pieces(
     """The rows of ``pieces`` (``columns`` only), each row group read once.
 
     With ``rng`` the rows come back in a uniformly random order (a permutation over all rows of
-    all pieces given); without, piece by piece in the order given.
+    all pieces given); without, piece by piece in the order given. When ``pieces`` has a
+    ``PIECE`` column, every row carries its piece's number in a column of that name.
     """
     records = pieces.to_pylist()
     groups: dict[tuple[str, int], pa.Table] = {}
@@ -65,7 +67,10 @@ def read_pieces(
             if rec[FILE] not in files:
                 files[rec[FILE]] = pq.ParquetFile(rec[FILE])
             groups[key] = files[rec[FILE]].read_row_group(rec[ROW_GROUP], columns=list(columns))
-        parts.append(groups[key].slice(rec[START], rec[STOP] - rec[START]))
+        part = groups[key].slice(rec[START], rec[STOP] - rec[START])
+        if PIECE in rec:
+            part = part.append_column(PIECE, pa.array([rec[PIECE]] * part.num_rows, pa.int64()))
+        parts.append(part)
     if not parts:
         raise ValueError("read_pieces: no pieces given")
     table = pa.concat_tables(parts)

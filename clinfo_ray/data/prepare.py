@@ -19,7 +19,11 @@ IDX_DEFAULT_DIRS = {
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """What to prepare and where. ``images`` is the source's folder (not used by ``emoji``)."""
+    """What to prepare and where. ``images`` is the source's folder (not used by ``emoji``).
+
+    ``seed``: rows are written in one random permutation drawn from it (manifest
+    ``row_order.permutation_seed``), never in the source's order; the split does not depend on it.
+    """
 
     source: str
     out: str
@@ -31,6 +35,7 @@ class PrepareConfig:
     cache: str | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
     overwrite: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -94,4 +99,5 @@ def prepare(config: PrepareConfig) -> Manifest:
         shard_size=config.shard_size,
         overwrite=config.overwrite,
         options=options,
+        seed=config.seed,
     )

@@ -7,6 +7,7 @@ lists), 2 with a one-line reason on stderr otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from clinfo_ray.data.sources.source_table import PrepareError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(PrepareConfig)}
     parser.add_argument("source", choices=SOURCES, help="what to prepare")
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument(
@@ -32,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows a file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--seed",
+        "--shuffle-seed",
+        type=int,
+        default=defaults["seed"],
+        help="seed of the random order the rows are written in (not of the split)",
+    )
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
 
@@ -47,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         cache=args.cache,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
+        seed=args.seed,
     )
 
 

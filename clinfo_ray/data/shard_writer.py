@@ -1,5 +1,10 @@
 """Read, check and write a source's images as Parquet shards, in parallel with Ray Data.
 
+The source rows are first put in one seeded random order (``row_order.row_permutation``; the
+seed is recorded as the manifest's ``row_order.permutation_seed``), so that neighbouring rows,
+in a file and across files, are unrelated whatever order the source lists them in. Only the
+order changes: which split a row is in was decided by the source.
+
 Each Ray Data task takes one shard's worth of source rows (``shard_size``), reads every image,
 decodes it once to prove it is an image, and writes the good rows of each split to its own file
 ``{split}-{shard:06d}.parquet``. It returns only a small summary (counts and skipped inputs), so
@@ -26,6 +31,7 @@ from PIL import Image
 
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import Manifest
+from clinfo_ray.data.row_order import row_permutation
 from clinfo_ray.data.sources.source_table import DATA, PATH, PrepareError, Skipped, SourceTable
 
 log = logging.getLogger(__name__)
@@ -126,8 +132,12 @@ def write_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     options: dict[str, object] | None = None,
+    seed: int = 0,
 ) -> Manifest:
-    """Write ``source`` as a dataset folder ``out`` and return its manifest (needs Ray)."""
+    """Write ``source`` as a dataset folder ``out`` and return its manifest (needs Ray).
+
+    seed: the rows are written in ``row_permutation(n, seed)`` of the source's order.
+    """
     import ray
 
     out = Path(out)
@@ -141,7 +151,8 @@ def write_dataset(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        shards = ray.data.from_arrow(_shards(source.rows, shard_size))
+        shuffled = source.rows.take(pa.array(row_permutation(source.rows.num_rows, seed)))
+        shards = ray.data.from_arrow(_shards(shuffled, shard_size))
         written_ds = shards.map_batches(
             write_shard,  # type: ignore[arg-type]
             batch_size=None,
@@ -162,6 +173,7 @@ def write_dataset(
             skipped=[s.as_dict() for s in skipped],
             files=files,
             options=dict(options or {}),
+            row_order={"permutation_seed": seed},
         )
         manifest.write(tmp)
         if out.exists():

@@ -1,52 +1,52 @@
-"""The training stream: Parquet -> cluster ids -> decode -> V augmented views -> Train workers.
+"""The streamed training input: Parquet -> decode -> V augmented views -> one Train worker.
 
-On the driver::
+For splits too large to hold on every worker (``data.cache``: ``none`` or ``object_store``). The
+driver builds a :class:`StreamPlan` once (the split's pieces, its id -> cluster lookup, which
+rows train, and with ``cache=True`` every piece decoded into Ray's object store); the plan goes
+to the Train workers in ``train_loop_config`` and each worker makes its own Ray Data dataset of
+every epoch::
 
-    drops = DropCounter.create()
-    ds = build_view_stream(data_dir, split="train", clusters=table_or_path,
-                           augmentation=ViewAugmentation(size=32, views=2), drops=drops)
-    TorchTrainer(..., datasets={"train": ds}, train_loop_config={"drops": drops, ...})
-
-On each worker, every epoch::
-
-    for batch in iter_views(batch_size=128, device=device, augmentation=aug):
+    plan = StreamPlan.build(data_dir, augmentation=aug, clusters=table, seed=0, drops=drops)
+    # on rank r of w, each epoch:
+    for batch in plan.iter_epoch(epoch, rank=r, world=w, batch_size=128, device=device):
         batch["views"]    # (B, V, 3, S, S) float32 in [0, 1], on ``device``
         batch["cluster"]  # (B,) int64: the image's cluster (its index when no table is given)
         batch["label"]    # (B,) int64, -1 where the dataset has no label
         batch["index"]    # (B,) int64: the image's row in the split (ids sorted)
     drops.count()         # the metric "data/dropped_images": images that failed to decode
 
-Each epoch re-executes the stream, so the order and every crop are new. Images are decoded once
-per epoch in batches; the V views come from one batched augmentation call, in Ray Data's CPU
-tasks (``augment_on="ray_data"``: uint8 views travel to the worker) or on the worker's device
-(``augment_on="worker"``: the decoded image travels and ``iter_views`` augments it; the same code
-runs on CPU tensors). An image that fails to decode is dropped before the split among workers (so
-their batch counts stay equal) and counted.
+Every random draw comes from the plan's seed (``run.seed``) and the epoch, rank or piece: the
+same seed gives the same batches on every rank, whatever order Ray runs the tasks in.
 
-The order of an epoch (``shuffle=``):
+* **Pieces**: the split is cut into pieces of ``piece_rows`` consecutive rows inside a Parquet
+  row group (listed from the footers; no data read). Each epoch the pieces take one permutation
+  drawn from (seed, epoch), the same on every rank, and rank r takes every w-th piece of it:
+  disjoint shares, new ones every epoch.
+* **Tasks**: a Ray Data task reads ``task_rows // piece_rows`` consecutive pieces of its rank's
+  order (or gets them decoded from the object store), permutes their rows, decodes and, with
+  ``augment_on="ray_data"``, makes the views; its seeds come from the epoch and its first
+  piece's number. The dataset preserves the task order, so the worker sees the same rows in
+  the same order in every run.
+* **Worker**: batches are drawn at random from a buffer of ``SHUFFLE_BUFFER_BATCHES`` batches
+  (Ray Data's local shuffle, seeded by seed, epoch and rank), so the rows of several tasks mix
+  within a batch; with ``augment_on="worker"`` the views are made there, seeded per batch.
 
-* ``"pieces"`` (default): the split is cut into pieces of ``piece_rows`` consecutive rows inside
-  a Parquet row group; every epoch the pieces take a new uniformly random order
-  (``randomize_block_order``), each decode task reads ``decode_batch_size // piece_rows``
-  consecutive pieces of that order and permutes their rows uniformly, and tasks finish in any
-  order. Every image appears exactly once per epoch and every piece is equally likely anywhere,
-  but the rows of one piece always end up in the same decode block, i.e. rows that are
-  neighbours in the Parquet stay within about one batch of each other (a batch of 256 holds
-  about 256 / ``piece_rows`` runs from random places). ``iter_views(local_shuffle_buffer_size=)``
-  mixes further across blocks on the consumer.
-* ``"full"``: ``random_shuffle`` of the encoded rows (every row's position independent): an
-  all-to-all through the object store with barriers before decoding, several times slower on a
-  small machine (docs/benchmarks.md, "Data stream").
-* ``"none"``: pieces in file order (row order within a block kept, block order not guaranteed).
+``prepare`` writes a dataset's rows in one seeded global permutation, so neighbouring Parquet
+rows are unrelated and a piece is a random sample of the split; the piece order and the buffer
+mix the rows of data written in any other order as far as pieces of ``piece_rows`` allow
+(measured in docs/benchmarks.md).
 
-With ``cache_decoded=True`` the decoded images are kept and ``random_shuffle``d every epoch (any
-mode but ``"none"``): a full shuffle, cheap once decoded.
+Ranks' shares differ by a few pieces at most (and by images that fail to decode: dropped in the
+task and counted): the worker loop ends an epoch when the first rank runs out of batches
+(``distributed.until_any_rank_ends``), so every rank takes the same number of steps. Rows held
+out (the validation split, ``keep``) are filtered before decoding.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,25 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.parquet_pieces import list_pieces, read_pieces
+from clinfo_ray.data.parquet_pieces import PIECE, list_pieces, read_pieces
+from clinfo_ray.data.seeding import (
+    BATCH_BUFFER,
+    PIECE_ORDER,
+    ROW_ORDER,
+    VIEWS_IN_TASK,
+    VIEWS_ON_WORKER,
+    mixed_seed,
+)
 
 log = logging.getLogger(__name__)
 
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
 DROPPED_METRIC = "data/dropped_images"
 AUGMENT_ON = ("ray_data", "worker")
-MAX_SHUFFLE_BLOCKS = 512
-SHUFFLES = ("pieces", "full", "none")
 READ_COLUMNS = (C.ID, C.IMAGE, C.LABEL)
+PIECE_ROWS = 32  # rows per piece: smaller mixes more, at more row-group reads per task
+TASK_ROWS = 256  # rows per Ray Data task
+SHUFFLE_BUFFER_BATCHES = 4  # the worker's local shuffle buffer, in batches
 
 
 @ray.remote(num_cpus=0)
@@ -161,9 +170,11 @@ class ClusterLookup:
 
 
 class DecodeViews:
-    """Ray Data transform: encoded images -> decoded uint8 images or V uint8 views per image.
+    """Rows of the split -> the kept rows' index, cluster, label and uint8 image.
 
-    Rows that fail to decode are dropped and reported to ``drops``.
+    ``keep``: (n,) bool by ``index``, the rows that stay (None: all); the others are filtered
+    before decoding. Rows that fail to decode are dropped and reported to ``drops``. The output
+    carries the rows' piece numbers when the input has them.
     """
 
     def __init__(
@@ -171,166 +182,249 @@ class DecodeViews:
         *,
         lookup: ClusterLookup,
         decode_size: int,
-        augmentation: ViewAugmentation | None,
         drops: DropCounter | None,
+        keep: np.ndarray | None = None,
     ) -> None:
-        self.lookup, self.decode_size = lookup, decode_size
-        self.augmentation, self.drops = augmentation, drops
+        if keep is not None and keep.shape != (len(lookup.ids),):
+            raise ValueError(f"keep has shape {keep.shape}; the split has {len(lookup.ids)} rows")
+        self.lookup, self.decode_size, self.keep, self.drops = lookup, decode_size, keep, drops
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)  # one task per core: no oversubscription
-        ids = batch.column(C.ID).combine_chunks()
+        index, cluster = self.lookup.lookup(batch.column(C.ID).combine_chunks())
+        if self.keep is not None:
+            kept = self.keep[index]
+            batch, index, cluster = batch.filter(pa.array(kept)), index[kept], cluster[kept]
         images, ok, reasons = decode_batch(batch.column(C.IMAGE).to_pylist(), self.decode_size)
         if not ok.all():
+            ids = batch.column(C.ID).combine_chunks()
             bad = [str(i) for i in pc.filter(ids, pa.array(~ok)).to_pylist()]
             log.warning(
                 "dropped %d undecodable image(s), e.g. %s: %s", len(bad), bad[0], reasons[0]
             )
             if self.drops is not None:
                 self.drops.add(list(zip(bad, reasons, strict=True)))
-        keep = pa.array(ok)
-        index, cluster = self.lookup.lookup(pc.filter(ids, keep))
-        label = pc.filter(batch.column(C.LABEL).combine_chunks(), keep).fill_null(-1)
-        out = {INDEX: index, C.CLUSTER: cluster, C.LABEL: label.to_numpy().astype(np.int64)}
+        label = batch.column(C.LABEL).combine_chunks().fill_null(-1).to_numpy(zero_copy_only=False)
+        out = {INDEX: index[ok], C.CLUSTER: cluster[ok], C.LABEL: label.astype(np.int64)[ok]}
+        if PIECE in batch.column_names:
+            out[PIECE] = batch.column(PIECE).to_numpy()[ok]
+        return {**out, IMAGE_U8: images}
+
+
+class _EpochTransform:
+    """One task of an epoch: its decoded rows in a random order, as images or V uint8 views.
+
+    ``seed`` None keeps file order and the images (reading a whole split). Else both draws come
+    from ``seed`` (the run's seed and the epoch) and the task's first piece number, after the
+    undecodable rows are gone: the streamed and the cached paths give the same batches.
+    """
+
+    def __init__(self, augmentation: ViewAugmentation | None, seed: int | None) -> None:
+        self.augmentation, self.seed = augmentation, seed
+
+    def finish(self, rows: dict[str, np.ndarray], first_piece: int) -> dict[str, np.ndarray]:
+        if self.seed is None:
+            return rows
+        rng = np.random.default_rng(mixed_seed(self.seed, ROW_ORDER, first_piece))
+        order = rng.permutation(len(rows[INDEX]))
+        rows = {k: v[order] for k, v in rows.items()}
         if self.augmentation is None:
-            return {**out, IMAGE_U8: images}
-        views = self.augmentation(torch.from_numpy(images), dtype=torch.uint8)
-        return {**out, VIEWS: views.numpy()}  # (B, V, 3, S, S) uint8
+            return rows
+        images = torch.from_numpy(np.ascontiguousarray(rows.pop(IMAGE_U8)))
+        seed = mixed_seed(self.seed, VIEWS_IN_TASK, first_piece)
+        views = self.augmentation(images, dtype=torch.uint8, seed=seed)
+        return {**rows, VIEWS: views.numpy()}  # (B, V, 3, S, S) uint8
 
 
-class AugmentViews:
-    """Ray Data transform: decoded uint8 images -> V uint8 views per image."""
+class PieceViews(_EpochTransform):
+    """Ray Data transform: one task's pieces -> their rows read and decoded -> finished."""
 
-    def __init__(self, augmentation: ViewAugmentation) -> None:
-        self.augmentation = augmentation
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch.set_num_threads(1)
-        pixels = np.ascontiguousarray(batch.pop(IMAGE_U8))
-        if not pixels.flags.writeable:  # a zero-copy view of the object store: torch warns
-            pixels = pixels.copy()
-        views = self.augmentation(torch.from_numpy(pixels), dtype=torch.uint8)
-        return {**batch, VIEWS: views.numpy()}
-
-
-class PieceViews:
-    """Ray Data transform: pieces of the Parquet split -> their rows (permuted) -> DecodeViews."""
-
-    def __init__(self, decode: DecodeViews, *, permute: bool) -> None:
-        self.decode, self.permute = decode, permute
+    def __init__(
+        self, decode: DecodeViews, augmentation: ViewAugmentation | None, seed: int | None
+    ) -> None:
+        super().__init__(augmentation, seed)
+        self.decode = decode
 
     def __call__(self, pieces: pa.Table) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng() if self.permute else None  # OS entropy: new every call
-        return self.decode(read_pieces(pieces, READ_COLUMNS, rng))
+        rows = self.decode(read_pieces(pieces, READ_COLUMNS))
+        return self.finish(rows, int(pieces.column(PIECE)[0].as_py()))
 
 
-def shuffle_mode(shuffle: bool | str) -> str:
-    """``True`` -> ``"pieces"``, ``False`` -> ``"none"``; a name from ``SHUFFLES`` as is."""
-    mode = ("pieces" if shuffle else "none") if isinstance(shuffle, bool) else shuffle
-    if mode not in SHUFFLES:
-        raise ValueError(f"shuffle must be a bool or one of {SHUFFLES}, got {shuffle!r}")
-    return str(mode)
+class CachedViews(_EpochTransform):
+    """Ray Data transform: one task's pieces -> their decoded rows from the object store ->
+    finished."""
+
+    def __init__(
+        self, refs: list[Any], augmentation: ViewAugmentation | None, seed: int | None
+    ) -> None:
+        super().__init__(augmentation, seed)
+        self.refs = refs
+
+    def __call__(self, pieces: pa.Table) -> dict[str, np.ndarray]:
+        torch.set_num_threads(1)
+        numbers = pieces.column(PIECE).to_pylist()
+        parts: list[dict[str, np.ndarray]] = ray.get([self.refs[p] for p in numbers])
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self.finish(rows, int(numbers[0]))
 
 
-def _piece_stream(
-    files: list[str], decode: DecodeViews, *, randomize: bool, piece_rows: int, task_rows: int
-) -> ray.data.Dataset:
-    """Pieces (one Ray block each) -> optional new random block order -> read + decode tasks."""
-    piece_rows = min(piece_rows, task_rows)
-    pieces = list_pieces(files, piece_rows)
-    # One block per piece (a few dozen bytes each) so that randomize_block_order, which only
-    # permutes block references (no task, no data moved), reorders pieces and not fixed groups.
-    ds: ray.data.Dataset = ray.data.from_arrow([pieces.slice(i, 1) for i in range(pieces.num_rows)])
-    if randomize:
-        ds = ds.randomize_block_order()
-    transform = PieceViews(decode, permute=randomize)
-    per_task = max(1, task_rows // piece_rows)
-    return ds.map_batches(transform, batch_size=per_task, batch_format="pyarrow")
+@ray.remote
+def _decode_pieces(pieces: pa.Table, decode: DecodeViews) -> list[dict[str, np.ndarray]]:
+    """Decode a few pieces once (file order); one result per piece, for the object store."""
+    rows = decode(read_pieces(pieces, READ_COLUMNS))
+    piece_of_row = rows[PIECE]
+    out = [{k: v[piece_of_row == p] for k, v in rows.items()} for p in pieces[PIECE].to_pylist()]
+    return out if len(out) > 1 else out[0]  # type: ignore[return-value]  # num_returns=1
 
 
-def build_view_stream(
-    dataset_dir: str | Path,
-    *,
-    augmentation: ViewAugmentation,
-    split: str = C.TRAIN,
-    clusters: pa.Table | str | Path | None = None,
-    decode_size: int | None = None,
-    augment_on: str = "ray_data",
-    shuffle: bool | str = True,
-    drops: DropCounter | None = None,
-    decode_batch_size: int = 256,
-    cache_decoded: bool = False,
-    piece_rows: int = 32,
-) -> ray.data.Dataset:
-    """The Ray Data stream of one split (see the module docstring for its batches and order).
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a worker needs to stream its share of a split, epoch after epoch (picklable).
 
-    ``clusters``: an ``id -> cluster`` table (or Parquet path) covering every image of the split;
-    ``None`` gives instance clusters. ``decode_size``: the side images are decoded to before the
-    random crop (default: ``augmentation.size``, as the paper's 32-px runs: crops are upsampled).
-    ``shuffle``: ``"pieces"`` (``True``), ``"full"`` or ``"none"`` (``False``).
-    ``piece_rows``: rows per piece of the ``"pieces"`` order (capped at ``decode_batch_size``);
-    smaller mixes more, at the price of reading more row groups per task.
-    ``cache_decoded``: decode once, keep the uint8 images in Ray's object store (N·3·S² bytes)
-    and only shuffle and augment each epoch; for sets that fit in memory (the emoji: 4.7 MB).
+    ``pieces``: every piece of the split (``parquet_pieces.PIECE_SCHEMA`` plus its number).
+    ``decode``: the per-row transform. ``augmentation``: the views made in the tasks, None when
+    they are made on the worker. ``cached``: one object-store reference per piece (its decoded
+    rows), or None.
     """
-    if augment_on not in AUGMENT_ON:
-        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
-    mode = shuffle_mode(shuffle)
-    files = split_files(dataset_dir, split)
-    lookup = ClusterLookup.build(files, clusters)
-    size = decode_size or augmentation.size
-    on_cpu = augmentation if augment_on == "ray_data" else None
-    pieces = {"piece_rows": piece_rows, "task_rows": decode_batch_size}
-    if cache_decoded:
-        decode = DecodeViews(lookup=lookup, decode_size=size, augmentation=None, drops=drops)
-        ds = _piece_stream(files, decode, randomize=False, **pieces).materialize()
-        if mode != "none":
-            ds = ds.random_shuffle()
-        if on_cpu is None:
-            return ds
-        views = AugmentViews(on_cpu)
-        return ds.map_batches(views, batch_size=decode_batch_size, batch_format="numpy")
-    transform = DecodeViews(lookup=lookup, decode_size=size, augmentation=on_cpu, drops=drops)
-    if mode != "full":
-        return _piece_stream(files, transform, randomize=mode == "pieces", **pieces)
-    ds = ray.data.read_parquet(files).select_columns(list(READ_COLUMNS))
-    # Enough output blocks for one decode task per batch: a split with one Parquet file would
-    # otherwise be one block, decoded by one task on one core. batch_size=None: one task per
-    # block; blocks are slightly under decode_batch_size rows, and a batch size would bundle
-    # two of them into each task (3 tasks instead of 6 for the emoji: one core idle).
-    blocks = min(MAX_SHUFFLE_BLOCKS, max(1, -(-len(lookup.ids) // decode_batch_size)))
-    ds = ds.random_shuffle().repartition(blocks)
-    return ds.map_batches(transform, batch_size=None, batch_format="pyarrow")
+
+    pieces: pa.Table
+    decode: DecodeViews
+    augmentation: ViewAugmentation | None
+    seed: int
+    task_rows: int
+    cached: tuple[Any, ...] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        dataset_dir: str | Path,
+        *,
+        augmentation: ViewAugmentation | None,
+        decode_size: int | None = None,
+        split: str = C.TRAIN,
+        clusters: pa.Table | str | Path | None = None,
+        keep: np.ndarray | None = None,
+        seed: int = 0,
+        drops: DropCounter | None = None,
+        cache: bool = False,
+        piece_rows: int = PIECE_ROWS,
+        task_rows: int = TASK_ROWS,
+    ) -> StreamPlan:
+        """The plan of one split. ``augmentation``: the views, made in Ray Data's tasks; None
+        hands out decoded images (``augment_on="worker"``, reading a split for evaluation).
+        ``decode_size``: the side images are decoded to before the random crop (default:
+        ``augmentation.size``). ``clusters``: an ``id -> cluster`` table (or Parquet path)
+        covering every image of the split; None gives instance clusters. ``keep``: (n,) bool
+        by index, the rows streamed (None: all). ``cache``: decode every piece once now (Ray
+        tasks) and keep the uint8 rows in the object store (N·3·decode_size² bytes)."""
+        size = decode_size or (augmentation.size if augmentation is not None else None)
+        if size is None:
+            raise ValueError("decode_size is needed when there is no augmentation")
+        files = split_files(dataset_dir, split)
+        lookup = ClusterLookup.build(files, clusters)
+        pieces = list_pieces(files, min(piece_rows, task_rows))
+        decode = DecodeViews(lookup=lookup, decode_size=size, drops=drops, keep=keep)
+        plan = cls(pieces, decode, augmentation, seed, task_rows)
+        if not cache:
+            return plan
+        decode_ref = ray.put(decode)
+        refs: list[Any] = []
+        for group in plan._task_groups(np.arange(pieces.num_rows)):
+            n = group.num_rows
+            out: Any = _decode_pieces.options(num_returns=n).remote(group, decode_ref)
+            refs += out if n > 1 else [out]
+        return cls(pieces, decode, augmentation, seed, task_rows, tuple(refs))
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the split before ``keep`` and decoding failures."""
+        return len(self.decode.lookup.ids)
+
+    def _task_groups(self, order: np.ndarray) -> list[pa.Table]:
+        per_task = max(1, self.task_rows // max(1, _piece_rows(self.pieces)))
+        numbered = self.pieces.append_column(PIECE, pa.array(np.arange(self.pieces.num_rows)))
+        chosen = numbered.take(pa.array(order, type=pa.int64()))
+        return [chosen.slice(i, per_task) for i in range(0, chosen.num_rows, per_task)]
+
+    def piece_order(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """This rank's pieces of one epoch: every ``world``-th of one permutation of all."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        rng = np.random.default_rng(mixed_seed(self.seed, PIECE_ORDER, epoch))
+        return rng.permutation(self.pieces.num_rows)[rank::world]
+
+    def dataset(self, epoch: int | None = None, rank: int = 0, world: int = 1) -> ray.data.Dataset:
+        """One epoch of this rank's share; ``epoch`` None: the whole split in file order."""
+        if epoch is None:
+            order, seed = np.arange(self.pieces.num_rows), None
+        else:
+            order, seed = self.piece_order(epoch, rank, world), mixed_seed(self.seed, epoch)
+        if order.size == 0:
+            raise ValueError(f"rank {rank} of {world} gets none of {self.pieces.num_rows} pieces")
+        augmentation = self.augmentation if seed is not None else None
+        transform: PieceViews | CachedViews
+        if self.cached is None:
+            transform = PieceViews(self.decode, augmentation, seed)
+        else:
+            transform = CachedViews(list(self.cached), augmentation, seed)
+        ds = ray.data.from_arrow(self._task_groups(order))
+        ds.context.execution_options.preserve_order = True  # the same rows in the same order
+        return ds.map_batches(transform, batch_size=None, batch_format="pyarrow")
+
+    def iter_epoch(
+        self,
+        epoch: int,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+        augmentation: ViewAugmentation | None = None,
+        prefetch_batches: int = 2,
+        shuffle_buffer_batches: int = SHUFFLE_BUFFER_BATCHES,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches of one epoch (``augmentation`` when the plan makes no views)."""
+        yield from iter_views(
+            self.dataset(epoch, rank, world),
+            batch_size=batch_size,
+            device=device,
+            augmentation=augmentation,
+            prefetch_batches=prefetch_batches,
+            local_shuffle_buffer_size=batch_size * shuffle_buffer_batches or None,
+            seed=mixed_seed(self.seed, BATCH_BUFFER, epoch, rank),
+        )
+
+
+def _piece_rows(pieces: pa.Table) -> int:
+    rows = pc.subtract(pieces.column("stop"), pieces.column("start"))
+    return int(pc.max(rows).as_py() or 1)
 
 
 def iter_views(
-    shard: Any = None,
+    dataset: Any,
     *,
     batch_size: int,
     device: torch.device | str = "cpu",
     augmentation: ViewAugmentation | None = None,
     prefetch_batches: int = 2,
     local_shuffle_buffer_size: int | None = None,
+    seed: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of equal-sized batches on a Train worker (see the module docstring).
+    """Equal-sized batches of a view stream (a ``ray.data.Dataset`` or a Train dataset shard).
 
-    ``shard`` defaults to ``ray.train.get_dataset_shard("train")``; a ``ray.data.Dataset`` works
-    too. ``augmentation`` is needed when the stream was built with ``augment_on="worker"``.
-    ``local_shuffle_buffer_size``: rows kept on the worker and drawn at random into batches
-    (Ray Data's local shuffle): mixes rows of different blocks, at some latency and copying.
+    ``augmentation`` makes the views of a stream that carries decoded images. ``seed`` seeds
+    the local shuffle buffer and those views (batch ``i`` from ``(seed, i)``); None draws them
+    from OS entropy.
     """
-    if shard is None:
-        import ray.train  # only on Train workers: not imported with the stream
-
-        shard = ray.train.get_dataset_shard("train")
     device = torch.device(device)
-    batches = shard.iter_torch_batches(
+    batches = dataset.iter_torch_batches(
         batch_size=batch_size,
         drop_last=True,
         prefetch_batches=prefetch_batches,
         local_shuffle_buffer_size=local_shuffle_buffer_size,
+        local_shuffle_seed=seed if local_shuffle_buffer_size else None,
     )
-    for batch in batches:
+    for i, batch in enumerate(batches):
         out = {k: batch[k].to(device, non_blocking=True) for k in (C.CLUSTER, C.LABEL, INDEX)}
         if VIEWS in batch:
             out[VIEWS] = batch[VIEWS].to(device, non_blocking=True).float().div_(255.0)
@@ -338,5 +432,6 @@ def iter_views(
             if augmentation is None:
                 raise ValueError("the stream carries decoded images: pass augmentation=")
             images = batch[IMAGE_U8].to(device, non_blocking=True)
-            out[VIEWS] = augmentation(images, dtype=torch.float32)
+            views_seed = None if seed is None else mixed_seed(seed, VIEWS_ON_WORKER, i)
+            out[VIEWS] = augmentation(images, dtype=torch.float32, seed=views_seed)
         yield out

@@ -18,20 +18,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.seeding import mixed_seed
 from clinfo_ray.data.stream import IMAGE_U8, INDEX
 
 LOAD_BATCH = 1024
-
-
-def mixed_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence: nearby inputs give unrelated seeds)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)

@@ -33,21 +33,31 @@ class ClusterCrossEntropy(nn.Module):
         return self.classifier(features)
 
     def forward(self, features: torch.Tensor, cluster_ids: torch.Tensor) -> torch.Tensor:
-        if features.dim() == 3:  # (B, V, D): every view is a sample with its image's id
-            num_views = features.shape[1]
-            features = features.flatten(0, 1)
-            cluster_ids = cluster_ids.repeat_interleave(num_views)
-        if features.dim() != 2 or cluster_ids.shape != features.shape[:1]:
-            raise ValueError(
-                f"features (B, D) or (B, V, D) with cluster_ids (B,); got "
-                f"{tuple(features.shape)} and {tuple(cluster_ids.shape)}"
-            )
-        if cluster_ids.numel() and (
-            int(cluster_ids.min()) < 0 or int(cluster_ids.max()) >= self.num_clusters
-        ):
-            raise ValueError(
-                f"cluster ids must lie in 0..{self.num_clusters - 1}; got "
-                f"{int(cluster_ids.min())}..{int(cluster_ids.max())}"
-            )
-        logits = self.logits(features).float()  # (B·V, K)
-        return F.cross_entropy(logits, cluster_ids.long())
+        return cluster_cross_entropy(self.logits(features), cluster_ids)
+
+
+def cluster_cross_entropy(logits: torch.Tensor, cluster_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B, K) or (B, V, K) against ``cluster_ids`` (B,) int64
+    in 0..K-1; with views, every view is a sample with its image's id. Computed in float32.
+
+    Separate from :class:`ClusterCrossEntropy` so that a DDP-wrapped module can compute the
+    logits inside its own ``forward`` and the loss outside it.
+    """
+    if logits.dim() == 3:  # (B, V, K)
+        num_views = logits.shape[1]
+        logits = logits.flatten(0, 1)
+        cluster_ids = cluster_ids.repeat_interleave(num_views)
+    if logits.dim() != 2 or cluster_ids.shape != logits.shape[:1]:
+        raise ValueError(
+            f"logits (B, K) or (B, V, K) with cluster_ids (B,); got logits "
+            f"{tuple(logits.shape)} and cluster_ids {tuple(cluster_ids.shape)}"
+        )
+    num_clusters = logits.shape[1]
+    if cluster_ids.numel() and (
+        int(cluster_ids.min()) < 0 or int(cluster_ids.max()) >= num_clusters
+    ):
+        raise ValueError(
+            f"cluster ids must lie in 0..{num_clusters - 1}; got "
+            f"{int(cluster_ids.min())}..{int(cluster_ids.max())}"
+        )
+    return F.cross_entropy(logits.float(), cluster_ids.long())  # (B·V, K) logits

@@ -1,8 +1,9 @@
 """Embeddings of a whole split on the Train workers, gathered to every rank.
 
-Every worker reads the whole (unsplit, unaugmented) split and runs the model on its own share
-(rows with ``index % world == rank``); the shares are then gathered, so the result is complete
-and exact: no row is dropped to even out the workers, as an equal split would.
+Every worker reads the whole (unsplit, unaugmented) split and runs the model, with rank 0's
+buffers, on its own share (rows with ``index % world == rank``); the shares are then gathered,
+so the result is complete and exact: no row is dropped to even out the workers, as an equal
+split would.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from clinfo_ray.data.stream import IMAGE_U8, INDEX
-from clinfo_ray.distributed import gather_no_grad, rank, world_size
+from clinfo_ray.distributed import (
+    broadcast_buffers_from_rank0,
+    gather_no_grad,
+    rank,
+    world_size,
+)
 from clinfo_ray.model import ContrastiveModel
 
 
@@ -33,7 +39,12 @@ class SplitEmbedding:
 def embed_split(
     model: ContrastiveModel, shard: Any, device: torch.device, batch_size: int
 ) -> SplitEmbedding:
-    """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank."""
+    """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank.
+
+    Every rank first takes rank 0's buffers (BatchNorm running statistics): each rank updated
+    its own during training, and the rows of one split must all be embedded by the same model.
+    """
+    broadcast_buffers_from_rank0(model)
     was_training = model.training
     model.eval()
     me, world = rank(), world_size()

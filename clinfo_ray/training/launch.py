@@ -14,10 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clinfo_ray.clusters.build import build_clusters, statistics_of_table
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clinfo_ray.clusters.build import BuildOptions, build_clusters, statistics_of_table
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.manifest import read_manifest
+from clinfo_ray.data.decode import source_side
+from clinfo_ray.data.manifest import read_manifest, split_files
+from clinfo_ray.data.splits import val_mask
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +37,25 @@ class TrainOutcome:
 
 
 def check_before_ray(cfg: TrainConfig) -> int:
-    """Fail fast, naming the key: the dataset must exist and hold a global batch. Returns the
-    number of optimiser steps per epoch."""
+    """Fail fast, naming the key: the dataset must exist and hold a global batch of training
+    rows (the train split less its validation rows). Returns the optimiser steps per epoch."""
     try:
         manifest = read_manifest(cfg.data.dataset_dir)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"data.dataset_dir: {err}", key="data.dataset_dir") from None
     train_rows = manifest.rows.get(C.TRAIN, 0)
-    steps = train_rows // cfg.global_batch_size
+    fit_rows = train_rows - int(val_by_index(cfg).sum()) if train_rows else 0
+    steps = fit_rows // cfg.global_batch_size
     if steps < 1:
         raise ConfigError(
             f"data.batch_size_per_worker: {cfg.data.batch_size_per_worker} x "
             f"{cfg.run.num_workers} workers = {cfg.global_batch_size} images per step, but "
-            f"{cfg.data.dataset_dir} has only {train_rows} train images",
+            f"{cfg.data.dataset_dir} has only {fit_rows} training images ({train_rows} train, "
+            f"less data.val_fraction {cfg.data.val_fraction})",
             key="data.batch_size_per_worker",
         )
     if cfg.data.cache == "worker":
-        _check_worker_cache_size(train_rows, cfg)
+        _check_worker_cache_size(fit_rows, cfg)
     if cfg.clusters.table_path and not Path(cfg.clusters.table_path).is_file():
         raise ConfigError(
             f"clusters.table_path: no such file {cfg.clusters.table_path!r}",
@@ -56,10 +64,30 @@ def check_before_ray(cfg: TrainConfig) -> int:
     return steps
 
 
+def val_by_index(cfg: TrainConfig) -> np.ndarray:
+    """(n_train,) bool by ``index`` (the row in the train split, ids sorted): the validation
+    rows, which never train and are the online kNN's queries."""
+    files = split_files(cfg.data.dataset_dir, C.TRAIN)
+    ids = pq.read_table(files, columns=[C.ID]).column(C.ID)
+    ids = pc.take(ids, pc.sort_indices(ids))
+    return val_mask(ids, cfg.data.val_fraction)
+
+
+def resolve_decode_size(cfg: TrainConfig) -> TrainConfig:
+    """``data.decode_size`` made explicit: DECODE_MULTIPLE x image_size, capped by the size of
+    the source images (sampled), never below image_size. Recorded in the run's config."""
+    if cfg.data.decode_size is not None:
+        return cfg
+    side = source_side(split_files(cfg.data.dataset_dir, C.TRAIN))
+    size = max(cfg.data.image_size, min(cfg.data.decode_side_bound, side))
+    log.info("data.decode_size: %d (source images: %d px)", size, side)
+    return apply_overrides(cfg, {"data.decode_size": size})
+
+
 def _check_worker_cache_size(train_rows: int, cfg: TrainConfig) -> None:
     """data.cache 'worker' puts the whole decoded split in every worker: refuse what cannot fit
     in half of this machine's memory (the workers of a local run share it)."""
-    need = train_rows * 3 * cfg.data.image_size**2
+    need = train_rows * 3 * cfg.data.decode_side_bound**2
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     local_workers = cfg.run.num_workers if not os.environ.get("RAY_ADDRESS") else 1
     if need * local_workers > total // 2:
@@ -98,44 +126,45 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
         dataclasses.replace(cfg.clusters, method=method),  # type: ignore[arg-type]
         cfg.data.dataset_dir,
         path,
+        BuildOptions(seed=cfg.run.seed),
     )
     return str(path), stats
 
 
-def build_datasets(cfg: TrainConfig, drops: Any) -> dict[str, Any]:
-    """The augmented train stream, plus unaugmented train and test splits for kNN / k-means."""
-    from clinfo_ray.data.stream import build_view_stream
-    from clinfo_ray.training.worker import EMBED_TEST, EMBED_TRAIN, augmentation_of
+@dataclass(frozen=True)
+class RunInputs:
+    """What the driver hands the workers: Ray Data datasets, the stream plan, the val rows."""
+
+    datasets: dict[str, Any]  # "train" (data.cache worker), EMBED_TRAIN (kNN / k-means)
+    stream: Any  # a StreamPlan of the training rows, None with data.cache 'worker'
+    val: np.ndarray  # (n_train,) bool by index
+
+
+def build_inputs(cfg: TrainConfig, drops: Any) -> RunInputs:
+    """The training rows' stream (or the split for worker memory), and the whole train split
+    unaugmented for the online kNN (bank: training rows; queries: validation rows) and k-means."""
+    from clinfo_ray.data.stream import StreamPlan
+    from clinfo_ray.training.worker import EMBED_TRAIN, augmentation_of
 
     d = cfg.data
-    in_workers = d.cache == "worker"  # read once, whole and in index order, by every worker
-    train = build_view_stream(
+    val = val_by_index(cfg)
+    train = StreamPlan.build(
         d.dataset_dir,
-        augmentation=augmentation_of(cfg),
-        split=C.TRAIN,
-        augment_on=d.augment_on,
-        shuffle="none" if in_workers else "pieces",
+        augmentation=augmentation_of(cfg) if d.augment_on == "ray_data" else None,
+        decode_size=d.decode_side_bound,
+        keep=~val,  # (the worker maps each row's index to its cluster: no table needed here)
+        seed=cfg.run.seed,
         drops=drops,
-        cache_decoded=d.cache != "none",
+        cache=d.cache == "object_store",
     )
-    datasets = {"train": train}
-    needs_embeddings = cfg.eval.knn_every > 0 or cfg.is_iterative_clustering
-    if needs_embeddings:
-        plain = augmentation_of(cfg, views=1)
-        splits = {EMBED_TRAIN: C.TRAIN, EMBED_TEST: C.TEST}
-        for name, split in splits.items():
-            if name == EMBED_TEST and C.TEST not in read_manifest(d.dataset_dir).files:
-                continue
-            datasets[name] = build_view_stream(
-                d.dataset_dir,
-                augmentation=plain,
-                split=split,
-                augment_on="worker",
-                shuffle=False,
-                drops=None,
-                cache_decoded=d.cache != "none",
-            )
-    return datasets
+    datasets: dict[str, Any] = {}
+    if d.cache == "worker":  # read once, whole and in file order, by every worker
+        datasets["train"] = train.dataset()
+    if cfg.eval.knn_every > 0 or cfg.is_iterative_clustering:
+        plain = StreamPlan.build(d.dataset_dir, augmentation=None, decode_size=d.image_size)
+        everything = plain.dataset()
+        datasets[EMBED_TRAIN] = everything.materialize() if d.cache != "none" else everything
+    return RunInputs(datasets, None if d.cache == "worker" else train, val)
 
 
 def train(cfg: TrainConfig) -> TrainOutcome:
@@ -143,7 +172,9 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     from clinfo_ray.data.stream import DropCounter
 
     steps_per_epoch = check_before_ray(cfg)
-    cfg = with_absolute_paths(cfg)  # workers do not run in the driver's working directory
+    cfg = resolve_decode_size(
+        with_absolute_paths(cfg)
+    )  # workers do not run in the driver's working directory
     storage = Path(cfg.run.output_dir).resolve()
     run_dir = storage / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +201,7 @@ def _fit(
     from clinfo_ray.training.worker import train_loop_per_worker
 
     storage = run_dir.parent
+    inputs = build_inputs(cfg, drops)
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if cfg.run.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -180,6 +212,8 @@ def _fit(
             "steps_per_epoch": steps_per_epoch,
             "run_dir": str(run_dir),
             "drops": drops,
+            "stream": inputs.stream,
+            "val": inputs.val,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
@@ -192,11 +226,9 @@ def _fit(
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
         ),
-        datasets=build_datasets(cfg, drops),
-        # data.cache 'worker': every worker holds the whole split and cuts its own share
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=[] if cfg.data.cache == "worker" else ["train"]
-        ),
+        datasets=inputs.datasets,
+        # every worker reads these whole; the training stream is cut by the workers themselves
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None

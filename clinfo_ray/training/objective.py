@@ -14,19 +14,41 @@ ce-clusters      cross-entropy of a linear classifier over the clusters, on enco
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from clinfo_ray.checkpointing import unwrap_model
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce
-from clinfo_ray.model import ContrastiveModel, ModelOutput
+from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce, cluster_cross_entropy
+from clinfo_ray.model import ContrastiveModel
+
+
+class TrainOutput(NamedTuple):
+    """What :class:`TrainModule` returns.
+
+    features: (B, V, feature_dim) encoder output.
+    projections: (B, V, proj_dim) head output; None for ce-clusters, which never runs the head.
+    logits: (B, V, K) float cluster logits for ce-clusters; None for the contrastive methods.
+    """
+
+    features: torch.Tensor
+    projections: torch.Tensor | None
+    logits: torch.Tensor | None
 
 
 class TrainModule(nn.Module):
     """The model plus, for ``ce-clusters``, the cluster classifier: one module for DDP, so the
-    classifier's gradients are averaged over ranks like the encoder's."""
+    classifier's gradients are averaged over ranks like the encoder's.
+
+    Everything a loss differentiates is computed in ``forward``: DDP registers one forward per
+    backward, and a parameter used outside it breaks the gradient reduction on more than one
+    rank. With a classifier the projection head plays no part, so it is frozen:
+    DDP then expects a gradient for every parameter it tracks (no ``find_unused_parameters``),
+    and the optimiser leaves the head alone.
+    """
 
     def __init__(self, model: ContrastiveModel, num_clusters: int | None) -> None:
         super().__init__()
@@ -34,9 +56,15 @@ class TrainModule(nn.Module):
         self.classifier = (
             ClusterCrossEntropy(model.feature_dim, num_clusters) if num_clusters else None
         )
+        if self.classifier is not None:
+            model.head.requires_grad_(False)
 
-    def forward(self, views: torch.Tensor) -> ModelOutput:
-        return self.model(views)  # (B, V, D) features and projections
+    def forward(self, views: torch.Tensor) -> TrainOutput:
+        if self.classifier is None:
+            out = self.model(views)  # (B, V, D) features and projections
+            return TrainOutput(out.features, out.projections, None)
+        features = self.model.encode(views)  # (B, V, feature_dim)
+        return TrainOutput(features, None, self.classifier.logits(features))  # (B, V, K)
 
 
 def train_module(module: nn.Module) -> TrainModule:
@@ -58,15 +86,15 @@ def cluster_ids_for(
     return cluster
 
 
-def batch_loss(
-    module: nn.Module, cfg: TrainConfig, batch: dict[str, torch.Tensor], out: ModelOutput
-) -> torch.Tensor:
-    """The method's loss of one batch given the model's outputs (``module`` may be DDP)."""
+def batch_loss(cfg: TrainConfig, batch: dict[str, torch.Tensor], out: TrainOutput) -> torch.Tensor:
+    """The method's loss of one batch given :class:`TrainModule`'s outputs."""
     method = cfg.loss.method
     if method == "ce-clusters":
-        classifier = train_module(module).classifier
-        assert classifier is not None, "ce-clusters builds TrainModule with num_clusters"
-        return classifier(out.features, batch["cluster"])
+        if out.logits is None:
+            raise ValueError("loss.method ce-clusters needs TrainModule(model, num_clusters)")
+        return cluster_cross_entropy(out.logits, batch["cluster"])
+    if out.projections is None:
+        raise ValueError(f"loss.method {method} needs TrainModule(model, None)")
     ids = cluster_ids_for(
         method, index=batch["index"], cluster=batch["cluster"], label=batch["label"]
     )
@@ -84,7 +112,7 @@ def train_step(
     views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
         out = module(views)
-        loss = batch_loss(module, cfg, batch, out)
+        loss = batch_loss(cfg, batch, out)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -19,9 +20,9 @@ from torch import nn
 from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.stream import DROPPED_METRIC, iter_views
+from clinfo_ray.data.stream import DROPPED_METRIC, StreamPlan
 from clinfo_ray.data.worker_cache import InMemorySplit
-from clinfo_ray.distributed import rank, world_size
+from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, world_size
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
@@ -38,7 +39,7 @@ from clinfo_ray.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
-EMBED_TRAIN, EMBED_TEST = "embed_train", "embed_test"
+EMBED_TRAIN = "embed_train"  # the whole train split, unaugmented: kNN bank + queries, k-means
 PID_DIR = ".worker_pids"  # rank -> pid of the current attempt (operators and tests read it)
 
 
@@ -55,7 +56,8 @@ def _knn_due(cfg: TrainConfig, epoch: int) -> bool:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: config (a plain dict), table, steps_per_epoch,
-    run_dir, drops (a DropCounter or None), table_stats (dict or None)."""
+    run_dir, drops (a DropCounter or None), table_stats (dict or None), stream (a StreamPlan,
+    None with data.cache 'worker'), val ((n_train,) bool by index: the validation rows)."""
     cfg = TrainConfig.from_dict(loop_config["config"])
     _quiet_ray_logs()
     run_dir = Path(loop_config["run_dir"])
@@ -69,10 +71,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     inner = TrainModule(build_model(cfg.model), num_clusters)
     optimizer, scheduler = build_optimizer(inner, cfg.optim, loop_config["steps_per_epoch"])
     epoch, step, clusters, resumed = _restore(cfg, inner, optimizer, scheduler, clusters)
-    module: nn.Module = ray.train.torch.prepare_model(
-        maybe_compile(inner, cfg.model),
-        parallel_strategy_kwargs={"find_unused_parameters": cfg.loss.method == "ce-clusters"},
-    )
+    module: nn.Module = ray.train.torch.prepare_model(maybe_compile(inner, cfg.model))
     run_log = RunLog(run_dir, cfg.optim.epochs) if rank() == 0 else None
     if run_log is not None and resumed:
         run_log.record({"event": "resume", "after_epoch": epoch, "step": step})
@@ -87,7 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if _epochs_to_recluster(cfg, epoch):
             clusters = _recluster(module, cfg, clusters, device, run_dir, run_log, step)
         losses, images, waited = [], 0, 0.0
-        batches = _epoch_batches(cfg, memory, augmentation, device, epoch)
+        batches = _epoch_batches(cfg, loop_config["stream"], memory, augmentation, device, epoch)
         while True:
             asked = time.perf_counter()
             batch = next(batches, None)
@@ -100,7 +99,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step += 1
         seconds = time.perf_counter() - start
         metrics = {
-            "train/loss": sum(losses) / max(len(losses), 1),
+            "train/loss": mean_over_ranks(losses, device),  # every rank's steps, not rank 0's
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/images_per_s": images * world_size() / seconds,
             "train/epoch_seconds": seconds,
@@ -109,7 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "clusters/version": float(clusters.version),
         }
         if _knn_due(cfg, epoch):
-            metrics["eval/knn_top1"] = _online_knn(module, cfg, device)
+            metrics["eval/knn_top1"] = _online_knn(module, cfg, device, loop_config["val"])
         if loop_config.get("drops") is not None:
             metrics[DROPPED_METRIC] = float(loop_config["drops"].count())
         _report(module, cfg, optimizer, scheduler, clusters, run_log, epoch, step, metrics)
@@ -215,21 +214,23 @@ def _log_cluster_stats(run_log: RunLog, stats: dict[str, Any], step: int) -> Non
     run_log.record({"event": "clusters", **stats})
 
 
-def _online_knn(module: nn.Module, cfg: TrainConfig, device: torch.device) -> float:
+def _online_knn(
+    module: nn.Module, cfg: TrainConfig, device: torch.device, val: np.ndarray
+) -> float:
+    """kNN top-1 of the validation rows against the training rows (never the test split);
+    nan without validation rows (data.val_fraction 0)."""
     model = train_module(module).model
-    bank = embed_split(
+    split = embed_split(
         model, ray.train.get_dataset_shard(EMBED_TRAIN), device, cfg.eval.linear_batch_size
     )
-    queries = embed_split(
-        model, ray.train.get_dataset_shard(EMBED_TEST), device, cfg.eval.linear_batch_size
-    )
-    if rank() != 0 or not len(queries.index):
+    queries = val[split.index]
+    if rank() != 0 or not queries.any():
         return math.nan
     return knn_top1(
-        bank.features,
-        bank.labels,
-        queries.features,
-        queries.labels,
+        split.features[~queries],
+        split.labels[~queries],
+        split.features[queries],
+        split.labels[queries],
         k=cfg.eval.knn_k,
         temperature=cfg.eval.knn_temperature,
     )
@@ -260,15 +261,26 @@ def _load_memory(cfg: TrainConfig, device: torch.device) -> InMemorySplit | None
 
 def _epoch_batches(
     cfg: TrainConfig,
+    stream: StreamPlan | None,
     memory: InMemorySplit | None,
     augmentation: ViewAugmentation | None,
     device: torch.device,
     epoch: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """This rank's batches of one epoch: cut from worker memory or streamed by Ray Data."""
+    """This rank's batches of one epoch: cut from worker memory or streamed by Ray Data (every
+    rank stops when the first runs out: the streamed shares differ by a few rows)."""
     batch_size = cfg.data.batch_size_per_worker
     if memory is None:
-        return iter_views(batch_size=batch_size, device=device, augmentation=augmentation)
+        assert stream is not None, "without data.cache 'worker' the driver sends a StreamPlan"
+        batches = stream.iter_epoch(
+            epoch,
+            batch_size=batch_size,
+            rank=rank(),
+            world=world_size(),
+            device=device,
+            augmentation=augmentation,
+        )
+        return until_any_rank_ends(batches, device)
     assert augmentation is not None, "data.cache 'worker' implies data.augment_on 'worker'"
     return memory.batches(
         epoch=epoch,

@@ -2,9 +2,9 @@
 
 Images: npm ``emoji-datasource-<style>@16.0.0`` (64×64 RGBA PNG per base emoji; skin-tone
 variants are left out). Labels: ``subcategory`` (99 classes) is the label, ``category`` (10) the
-coarse label. Tags: the Unicode keywords of npm ``openmoji@17.0.0`` (``tags`` column), joined on
-the code points with the ``FE0F`` variation selector dropped from both sides (an exact match
-misses about 200 emoji).
+coarse label; the hierarchy is ``[category, subcategory]``. Tags: the Unicode keywords of npm
+``openmoji@17.0.0`` (``tags`` column), joined on the code points with the ``FE0F`` variation
+selector dropped from both sides (an exact match misses about 200 emoji).
 
 Split: by base emoji (a stable hash of the code points, so no emoji is in both splits), or, with
 ``test_style``, every rendering in that style is the test split and the other styles are train.
@@ -59,7 +59,8 @@ def emoji_rows(
     """One row per (style, base emoji) from emoji.json entries, openmoji tags and image folders."""
     labels, class_names = index_names([e["subcategory"] for e in emoji])
     coarse, coarse_names = index_names([e["category"] for e in emoji])
-    cols: dict[str, list[Any]] = {k: [] for k in ("id", "split", "path", "label", "tags", "coarse")}
+    names = ("id", "split", "path", "label", "tags", "coarse", "hierarchy")
+    cols: dict[str, list[Any]] = {k: [] for k in names}
     skipped: list[Skipped] = []
     for style, folder in image_dirs.items():
         for e, label, coarse_label in zip(emoji, labels, coarse, strict=True):
@@ -74,6 +75,7 @@ def emoji_rows(
             cols["label"].append(label)
             cols["coarse"].append(coarse_label)
             cols["tags"].append(tags.get(key, []))
+            cols["hierarchy"].append([e["category"], e["subcategory"]])
     rows = table_from_columns(
         cols["id"],
         cols["split"],
@@ -81,6 +83,7 @@ def emoji_rows(
         labels=cols["label"],
         tags=cols["tags"],
         coarse_labels=cols["coarse"],
+        hierarchy=cols["hierarchy"],
     )
     return SourceTable(rows, class_names, coarse_names, skipped)
 

@@ -1,9 +1,11 @@
 """Any folder of images plus an annotation file: "my photos and their hashtags".
 
 Annotations are CSV with a header ``path,tags,label`` (tags separated by ``|``; ``label``, and
-the optional ``coarse_label`` and ``split`` columns, may be empty) or JSON Lines with one object
-per line ``{"path": ..., "tags": [...], "label": ...}``. ``path`` is relative to the image folder.
-The image id is the path. Rows without a ``split`` go to train or test by a stable hash of the id.
+the optional ``coarse_label``, ``hierarchy`` and ``split`` columns, may be empty) or JSON Lines
+with one object per line ``{"path": ..., "tags": [...], "label": ...}``. ``path`` is relative to
+the image folder. ``hierarchy`` lists the image's ancestors coarse to fine, ``animal>bird>owl``
+(in JSON Lines also a list of strings); empty means none. The image id is the path. Rows without
+a ``split`` go to train or test by a stable hash of the id.
 """
 
 from __future__ import annotations
@@ -75,6 +77,20 @@ def _name(value: Any) -> str | None:
     return text or None
 
 
+def parse_hierarchy(value: Any, where: str) -> list[str]:
+    """``"a>b>c"`` or ``["a", "b", "c"]`` -> ``["a", "b", "c"]``; empty or missing -> ``[]``.
+    An empty ancestor between two others (``a>>c``) is an error: it would shift the levels."""
+    if value is None or value == "":
+        return []
+    parts = value.split(">") if isinstance(value, str) else value
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise PrepareError(f'{where}: "hierarchy" must be "a>b>c" or a list of strings')
+    names = [p.strip() for p in parts]
+    if not all(names):
+        raise PrepareError(f"{where}: empty ancestor in hierarchy {value!r}")
+    return names
+
+
 def read_annotations(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every annotation; a malformed file fails naming file and line."""
     path = Path(path)
@@ -104,7 +120,8 @@ def load_imagefolder(
         split = _name(rec.get("split")) or hash_split(rec["path"], test_fraction)
         if split not in C.SPLITS:
             raise PrepareError(f"{annotations}:{line_num}: split must be train or test: {split!r}")
-        kept.append({**rec, "file": str(file), "split": split})
+        hierarchy = parse_hierarchy(rec.get("hierarchy"), f"{annotations}:{line_num}")
+        kept.append({**rec, "file": str(file), "split": split, "hierarchy": hierarchy})
     labels, class_names = index_names([_name(r.get("label")) for r in kept])
     coarse, coarse_names = index_names([_name(r.get("coarse_label")) for r in kept])
     rows = table_from_columns(
@@ -114,5 +131,6 @@ def load_imagefolder(
         labels=labels,
         tags=[list(r.get("tags", [])) for r in kept],
         coarse_labels=coarse,
+        hierarchy=[r["hierarchy"] for r in kept],
     )
     return SourceTable(rows, class_names, coarse_names, skipped)

@@ -27,6 +27,7 @@ SOURCE_SCHEMA = pa.schema(
         pa.field(C.LABEL, pa.int32()),
         pa.field(C.TAGS, pa.list_(pa.string())),
         pa.field(C.COARSE_LABEL, pa.int32()),
+        pa.field(C.HIERARCHY, pa.list_(pa.string())),
         pa.field(C.SPLIT, pa.string(), nullable=False),
     ]
 )
@@ -95,8 +96,10 @@ def table_from_columns(
     labels: Sequence[int | None] | None = None,
     tags: Sequence[list[str]] | None = None,
     coarse_labels: Sequence[int | None] | None = None,
+    hierarchy: Sequence[list[str]] | None = None,
 ) -> pa.Table:
-    """Build a ``SOURCE_SCHEMA`` table from per-row lists (missing columns become nulls)."""
+    """Build a ``SOURCE_SCHEMA`` table from per-row lists (missing columns become nulls; missing
+    tags and hierarchy become empty lists)."""
     n = len(ids)
     nulls: list[None] = [None] * n
     return pa.table(
@@ -107,6 +110,7 @@ def table_from_columns(
             C.LABEL: labels if labels is not None else nulls,
             C.TAGS: tags if tags is not None else [[] for _ in range(n)],
             C.COARSE_LABEL: coarse_labels if coarse_labels is not None else nulls,
+            C.HIERARCHY: hierarchy if hierarchy is not None else [[] for _ in range(n)],
             C.SPLIT: splits,
         },
         schema=SOURCE_SCHEMA,

@@ -4,9 +4,10 @@
 ``root/ut-zap50k-data/meta-data-bin.csv`` (or ``root/meta-data-bin.csv``): a ``CID`` column
 (``7965307-5291`` names the file ``7965307.5291.jpg``) and one 0/1 column per binary attribute.
 Label = SubCategory (21 classes, the paper's downstream task), coarse label = Category (4), both
-from the folder path. Tags = the names of the attributes set to 1, except the ``Category.*`` and
-``SubCategory.*`` columns, which would hand the labels to the clusters. No official split: a
-stable hash of the CID puts ``test_fraction`` of the shoes in test.
+from the folder path; hierarchy = ``[Category, SubCategory]``. Tags = the names of the
+attributes set to 1, except the ``Category.*`` and ``SubCategory.*`` columns, which would hand
+the labels to the clusters. No official split: a stable hash of the CID puts ``test_fraction``
+of the shoes in test.
 """
 
 from __future__ import annotations
@@ -84,5 +85,6 @@ def load_ut_zappos50k(root: str | Path, *, test_fraction: float = 0.2) -> Source
         labels=labels,
         tags=[attributes[r[1]] for r in rows],
         coarse_labels=coarse,
+        hierarchy=[[r[4], r[3]] for r in rows],
     )
     return SourceTable(table, class_names, coarse_names, skipped)
