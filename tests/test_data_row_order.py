@@ -118,3 +118,40 @@ def test_prepare_writes_a_seeded_permutation_and_keeps_the_split(
 
     # the imagefolder hierarchy column "k1>c3" is written as its list of ancestors
     assert all(r[C.HIERARCHY] == [f"k{r[C.LABEL] % 2}", f"c{r[C.LABEL]}"] for r in first)
+
+
+def _batch_mixing(batches: list[np.ndarray]) -> tuple[float, float]:
+    """(mean run length of equal labels inside a batch, share of same-label pairs in a batch)."""
+    runs = [mean_label_run_length(b) for b in batches]
+    pairs = []
+    for b in batches:
+        counts = np.unique(b, return_counts=True)[1]
+        pairs.append((counts * (counts - 1)).sum() / (b.size * (b.size - 1)))
+    return float(np.mean(runs)), float(np.mean(pairs))
+
+
+def _uniform_batches(labels: np.ndarray, size: int, draws: int = 2000) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.choice(labels, size=size, replace=False) for _ in range(draws)]
+
+
+@pytest.mark.ray
+def test_streamed_batches_of_a_sorted_source_mix_like_a_uniform_shuffle(
+    ray_session: None, sorted_source: PrepareConfig, tmp_path: Path
+) -> None:
+    """The streamed path (data.cache none), end to end from a source sorted by label: the runs
+    of equal labels inside a batch, and how many pairs of a batch share a label, are within
+    10% of what batches drawn uniformly at random give."""
+    from clinfo_ray.data.augment import ViewAugmentation
+    from clinfo_ray.data.stream import StreamPlan
+
+    data = _prepare(sorted_source, tmp_path / "ds", seed=0)
+    plan = StreamPlan.build(data, augmentation=ViewAugmentation(size=8, views=1), seed=0)
+    batches = [
+        b["label"].numpy() for epoch in range(1, 6) for b in plan.iter_epoch(epoch, batch_size=32)
+    ]
+    labels = np.array([r[C.LABEL] for r in _train_rows(data)])
+    streamed, uniform = _batch_mixing(batches), _batch_mixing(_uniform_batches(labels, 32))
+    assert len(batches) == 5 * (labels.size // 32)
+    assert streamed[0] == pytest.approx(uniform[0], rel=0.10)
+    assert streamed[1] == pytest.approx(uniform[1], rel=0.10)
