@@ -29,7 +29,7 @@ def test_summary_rows_have_the_documented_keys_and_the_table_shows_them() -> Non
     outcome = TrainOutcome(
         run_dir=Path("runs/demo/clinfonce"),
         checkpoint=Path("runs/demo/clinfonce/checkpoint_epoch0060"),
-        metrics={"train_seconds": 12.5},
+        metrics={"train_seconds": 12.5, "eval/knn_top1": 0.35},
         cluster_stats={
             "num_clusters": 100,
             "mutual_information_bits": 4.02,
@@ -46,4 +46,7 @@ def test_summary_rows_have_the_documented_keys_and_the_table_shows_them() -> Non
     assert (row["num_clusters"], row["linear_top1"], row["knn_top1"]) == (100, 0.5, 0.4)
     table = format_table([row])
     assert "Cl-InfoNCE (tags-kmeans)" in table and "4.02" in table and "1.74" in table
-    assert "0.500" in table and "0.400" in table
+    assert "0.500" in table and "0.400" in table and "0.350" in table
+    # which split each accuracy comes from: the online kNN on val, the final scores on test
+    assert row["val_knn_top1"] == 0.35
+    assert all(head in table.splitlines()[0] for head in ("val kNN", "test linear", "test kNN"))
