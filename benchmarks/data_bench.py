@@ -1,20 +1,30 @@
-"""Images/s of the Ray Data view stream against a torch DataLoader doing the same work.
+"""Images/s of the streamed training input (``StreamPlan``) against a torch DataLoader.
 
-Both read the same Parquet split, decode with ``decode_batch`` and augment with the same
-``ViewAugmentation`` in batches; the DataLoader uses ``num_workers`` worker processes, the Ray
-stream a local Ray with as many CPUs. Reports images/s per epoch and the resident memory (driver
-plus its child processes) after each epoch.
+Every loader reads the same Parquet split, decodes with ``decode_batch`` and augments with the
+same ``ViewAugmentation`` in batches; the DataLoader uses ``num_workers`` worker processes, the
+Ray stream a local Ray with as many CPUs. The Ray modes are ``StreamPlan.build`` (``ray``:
+read and decode every epoch; ``ray-cached``: ``cache=True``, decoded once into the object store)
+iterated as one rank (``plan.iter_epoch(epoch, rank=0, world=1)``, seeded), once per
+``--buffer-batches`` (the worker's local shuffle buffer in batches; 0: none) and per
+``--decode-size``. Variants interleave: each round runs ``--epochs`` epochs of every variant in
+turn, so the machine's slow spells hit them all. Reports images/s per epoch and the resident
+memory (driver plus its child processes) after each epoch; the table shows, per variant, the
+median over rounds of each round's mean of its epochs after the first.
 
-    python benchmarks/data_bench.py --data DIR [--epochs 4] [--batch-size 256] [--cpus 2]
-        [--modes dataloader,ray,ray-full,ray-cached] [--piece-rows 32] [--local-shuffle 0]
+    python benchmarks/data_bench.py --data DIR [--epochs 4] [--rounds 1] [--batch-size 256]
+        [--cpus 2] [--modes dataloader,ray,ray-cached] [--buffer-batches 4,0]
+        [--decode-size 32[,64]] [--size 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
@@ -24,6 +34,7 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
+from clinfo_ray.data.stream import SHUFFLE_BUFFER_BATCHES, StreamPlan
 
 
 class ParquetViews(Dataset):
@@ -43,6 +54,10 @@ class ParquetViews(Dataset):
         images, ok, _ = decode_batch(blobs, self.decode_size)
         views = self.augmentation(torch.from_numpy(images), dtype=torch.uint8)
         return {"views": views, "label": torch.from_numpy(self.labels[rows][ok])}
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # one loader process per core
 
 
 def _proc_table() -> dict[int, tuple[int, int]]:
@@ -74,16 +89,19 @@ def rss_mib() -> float:
     return sum(table[p][1] for p in mine if p in table) / 2**20
 
 
-def timed_epochs(name: str, make_epoch: Callable[[], Iterable[dict]], epochs: int) -> list[dict]:
+def timed_epochs(
+    name: str, make_epoch: Callable[[int], Iterable[dict]], epochs: range, round_: int
+) -> list[dict]:
     out = []
-    for epoch in range(epochs):
+    for epoch in epochs:
         start, n = time.perf_counter(), 0
-        for batch in make_epoch():
+        for batch in make_epoch(epoch):
             n += batch["views"].shape[0]
         seconds = time.perf_counter() - start
         out.append(
             {
                 "loader": name,
+                "round": round_,
                 "epoch": epoch,
                 "images": n,
                 "seconds": seconds,
@@ -92,15 +110,17 @@ def timed_epochs(name: str, make_epoch: Callable[[], Iterable[dict]], epochs: in
             }
         )
         print(
-            f"{name:>22} epoch {epoch}: {n} images {seconds:6.2f} s "
+            f"{name:>40} round {round_} epoch {epoch}: {n} images {seconds:6.2f} s "
             f"{n / seconds:8.0f} img/s  rss {out[-1]['rss_mib']:.0f} MiB",
             flush=True,
         )
     return out
 
 
-def run_dataloader(args: argparse.Namespace, aug: ViewAugmentation) -> list[dict]:
-    data = ParquetViews(split_files(args.data, args.split), args.decode_size, aug)
+def make_dataloader(
+    args: argparse.Namespace, aug: ViewAugmentation, decode_size: int
+) -> tuple[str, Callable[[int], Iterable[dict]]]:
+    data = ParquetViews(split_files(args.data, args.split), decode_size, aug)
     sampler = BatchSampler(RandomSampler(data), batch_size=args.batch_size, drop_last=True)
     loader = DataLoader(
         data,
@@ -109,76 +129,119 @@ def run_dataloader(args: argparse.Namespace, aug: ViewAugmentation) -> list[dict
         num_workers=args.cpus,
         persistent_workers=True,
         prefetch_factor=2,
-        worker_init_fn=lambda _: torch.set_num_threads(1),
+        worker_init_fn=_one_thread,
+        multiprocessing_context="spawn",  # Ray may be running in this process: never fork it
     )
-    return timed_epochs(f"DataLoader(workers={args.cpus})", lambda: loader, args.epochs)
+    return f"DataLoader(workers={args.cpus}, decode {decode_size})", lambda _: loader
 
 
-RAY_MODES = {"ray": ("pieces", False), "ray-full": ("full", False), "ray-cached": ("pieces", True)}
-
-
-def run_ray(args: argparse.Namespace, aug: ViewAugmentation, mode: str) -> list[dict]:
-    from clinfo_ray.data.stream import build_view_stream, iter_views
-
-    shuffle, cache = RAY_MODES[mode]
-    ds = build_view_stream(
+def make_ray(
+    args: argparse.Namespace, aug: ViewAugmentation, cache: bool, decode_size: int, buffer: int
+) -> tuple[str, Callable[[int], Iterable[dict]]]:
+    plan = StreamPlan.build(
         args.data,
         augmentation=aug,
         split=args.split,
-        decode_size=args.decode_size,
-        cache_decoded=cache,
-        shuffle=shuffle,
+        decode_size=decode_size,
+        seed=args.seed,
+        cache=cache,
         piece_rows=args.piece_rows,
     )
-    name = f"Ray Data ({shuffle}{', cached' if cache else ''})"
-    buffer = args.local_shuffle or None
-    rows = timed_epochs(
-        name,
-        lambda: iter_views(ds, batch_size=args.batch_size, local_shuffle_buffer_size=buffer),
-        args.epochs,
-    )
-    if args.stats:
-        print(ds.stats())
-    return rows
+    name = f"StreamPlan({'cached' if cache else 'uncached'}, decode {decode_size}, buffer {buffer})"
+
+    def epoch(e: int) -> Iterable[dict]:
+        return plan.iter_epoch(e, batch_size=args.batch_size, shuffle_buffer_batches=buffer)
+
+    return name, epoch
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default=C.TRAIN)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of a variant per round")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians shown")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--decode-size", type=int, default=32)
+    parser.add_argument("--decode-size", default="32", help="comma-separated, e.g. 32,64")
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--modes", default="dataloader,ray,ray-cached", help=f"of {RAY_MODES}")
+    parser.add_argument("--modes", default="dataloader,ray,ray-cached", help=f"of {MODES}")
+    parser.add_argument(
+        "--buffer-batches",
+        default=str(SHUFFLE_BUFFER_BATCHES),
+        help="comma-separated shuffle buffer sizes in batches (0: none), e.g. 4,0",
+    )
     parser.add_argument("--piece-rows", type=int, default=32)
-    parser.add_argument("--local-shuffle", type=int, default=0, help="iter_views buffer rows")
-    parser.add_argument("--stats", action="store_true", help="print Ray Data stats per mode")
-    args = parser.parse_args()
-    aug = ViewAugmentation(size=args.size, views=args.views)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+MODES = ("dataloader", "ray", "ray-cached")
+
+
+def build_variants(
+    args: argparse.Namespace, aug: ViewAugmentation
+) -> list[tuple[str, Callable[[int], Iterable[dict]]]]:
     modes = args.modes.split(",")
-    rows = []
-    if "dataloader" in modes:
-        rows += run_dataloader(args, aug)
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}, expected some of {MODES}")
+    sizes = [int(s) for s in args.decode_size.split(",")]
+    buffers = [int(b) for b in args.buffer_batches.split(",")]
+    variants = []
     if any(m.startswith("ray") for m in modes):
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        for mode in [m for m in modes if m in RAY_MODES]:
-            rows += run_ray(args, aug, mode)
-    print("\n| loader | epochs 2+ img/s (mean) | first epoch img/s | RSS after each epoch (MiB) |")
-    print("| --- | --- | --- | --- |")
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # a line per epoch otherwise
+    for mode in modes:
+        for size in sizes:
+            if mode == "dataloader":
+                variants.append(make_dataloader(args, aug, size))
+                continue
+            variants += [make_ray(args, aug, mode == "ray-cached", size, b) for b in buffers]
+    return variants
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Per variant: median over rounds of the mean of epochs 2+ (epoch 1 if only one)."""
+    print(
+        "\n| loader | epochs 2+ img/s (median of rounds) | vs first | first epoch img/s "
+        "| RSS after each epoch, last round (MiB) |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    medians = {}
     for name in dict.fromkeys(r["loader"] for r in rows):
         mine = [r for r in rows if r["loader"] == name]
-        steady = [r["images_per_s"] for r in mine[1:]] or [mine[0]["images_per_s"]]
-        rss = " / ".join(f"{r['rss_mib']:.0f}" for r in mine)
+        per_round = []
+        for k in sorted({r["round"] for r in mine}):
+            rates = [r["images_per_s"] for r in mine if r["round"] == k]
+            per_round.append(statistics.mean(rates[1:] or rates))
+        medians[name] = statistics.median(per_round)
+    first_name = next(iter(medians))
+    for name, median in medians.items():
+        mine = [r for r in rows if r["loader"] == name]
+        last = [r for r in mine if r["round"] == mine[-1]["round"]]
+        rss = " / ".join(f"{r['rss_mib']:.0f}" for r in last)
         print(
-            f"| {name} | {sum(steady) / len(steady):.0f} | {mine[0]['images_per_s']:.0f} | {rss} |"
+            f"| {name} | {median:.0f} | {median / medians[first_name]:.2f} | "
+            f"{mine[0]['images_per_s']:.0f} | {rss} |"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    aug = ViewAugmentation(size=args.size, views=args.views)
+    variants = build_variants(args, aug)
+    rows: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for name, make_epoch in variants:
+            epochs = range(round_ * args.epochs, (round_ + 1) * args.epochs)
+            rows += timed_epochs(name, make_epoch, epochs, round_)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ training logs it; "wall" divides the images of epochs 2..N by the time from the 
 to the end of epoch N, so it also pays for checkpoints, reports and the start of each epoch.
 "input s/epoch" is the time the worker spent getting its batches. The plain loop runs once
 before Ray starts and then once per repeat, just before that repeat's Ray runs, with Ray idle in
-the background; each Ray run is divided by its own repeat's plain loop.
+the background; each Ray run is divided by its own repeat's plain loop. Images are decoded at
+``data.decode_size`` (resolved as training does: 2 x image_size capped by the source) by the
+plain loop and by Ray Train alike; ``data.val_fraction`` is 0 so both train on the whole split.
+``--variants`` picks some of ``VARIANTS`` by key (default: all but the ``cache=none`` one).
 
     python benchmarks/train_bench.py --data data/emoji --epochs 5
+    python benchmarks/train_bench.py --data data/emoji --variants store-worker,store-ray,none-ray
 """
 
 from __future__ import annotations
@@ -35,14 +39,15 @@ from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
+from clinfo_ray.training.launch import resolve_decode_size
 from clinfo_ray.training.objective import TrainModule, augmentation_of, train_step
 
 
 def plain_loop(cfg: TrainConfig, epochs: int) -> list[float]:
     """Images/s of each epoch of a single-process loop over the decoded train split."""
     table = pq.read_table(split_files(cfg.data.dataset_dir, C.TRAIN), columns=[C.IMAGE])
-    images, ok, _ = decode_batch(table.column(C.IMAGE).to_pylist(), cfg.data.image_size)
-    pixels = torch.from_numpy(np.ascontiguousarray(images[ok]))  # (n, 3, S, S) uint8
+    images, ok, _ = decode_batch(table.column(C.IMAGE).to_pylist(), cfg.data.decode_side_bound)
+    pixels = torch.from_numpy(np.ascontiguousarray(images[ok]))  # (n, 3, D, D) uint8, D decode
     batch = cfg.global_batch_size
     steps = len(pixels) // batch
     augment = augmentation_of(cfg)
@@ -62,25 +67,35 @@ def plain_loop(cfg: TrainConfig, epochs: int) -> list[float]:
     return rates
 
 
-# (name, workers, overrides): the config's own input path, then the streamed alternatives.
-VARIANTS = (
-    ("Ray Train, 1 worker, cache=worker", 1, {"data.cache": "worker", "data.augment_on": "worker"}),
-    (
+# key -> (name, workers, overrides): the config's own input path, then the streamed ones.
+VARIANTS = {
+    "worker-1": (
+        "Ray Train, 1 worker, cache=worker",
+        1,
+        {"data.cache": "worker", "data.augment_on": "worker"},
+    ),
+    "worker-2": (
         "Ray Train, 2 workers, cache=worker",
         2,
         {"data.cache": "worker", "data.augment_on": "worker"},
     ),
-    (
+    "store-worker": (
         "Ray Train, 1 worker, cache=object_store, augment in worker",
         1,
         {"data.cache": "object_store", "data.augment_on": "worker"},
     ),
-    (
+    "store-ray": (
         "Ray Train, 1 worker, cache=object_store, augment in Ray Data",
         1,
         {"data.cache": "object_store", "data.augment_on": "ray_data"},
     ),
-)
+    "none-ray": (
+        "Ray Train, 1 worker, cache=none, augment in Ray Data",
+        1,
+        {"data.cache": "none", "data.augment_on": "ray_data"},
+    ),
+}
+DEFAULT_VARIANTS = "worker-1,worker-2,store-worker,store-ray"
 
 
 def ray_train(
@@ -122,7 +137,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each loop; medians shown")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    keys = args.variants.split(",")
+    unknown = set(keys) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}, expected some of {list(VARIANTS)}")
+    variants = [VARIANTS[k] for k in keys]
     cfg = load_config(
         args.config,
         [
@@ -131,9 +152,11 @@ def main() -> None:
             "optim.warmup_epochs=1",
             "eval.knn_every=0",
             "loss.method=simclr",
+            "data.val_fraction=0",
             *args.overrides,
         ],
     )
+    cfg = resolve_decode_size(cfg)  # the plain loop decodes at the size training uses
     before_ray = statistics.mean(plain_loop(cfg, args.epochs)[1:])
     print(f"plain loop before Ray started: {before_ray:.0f} images/s", flush=True)
     from clinfo_ray.training.ray_session import ensure_ray
@@ -144,12 +167,12 @@ def main() -> None:
     # variant is compared with its own repeat's plain loop: the machine's slow spells (this VM
     # drifts by 20 % over minutes) then hit both sides of a ratio.
     plain: list[float] = []
-    runs: dict[int, list[tuple[float, float, float, float]]] = {i: [] for i in range(len(VARIANTS))}
+    runs: dict[int, list[tuple[float, float, float, float]]] = {i: [] for i in range(len(variants))}
     try:
         for repeat in range(args.repeats):
             plain.append(statistics.mean(plain_loop(cfg, args.epochs)[1:]))
             print(f"plain loop, run {repeat + 1}: {plain[-1]:.0f}", flush=True)
-            for i, (name, workers, overrides) in enumerate(VARIANTS):
+            for i, (name, workers, overrides) in enumerate(variants):
                 rates, wall, waits = ray_train(cfg, workers, overrides, out, f"b{i}-{repeat}")
                 rate = statistics.mean(rates[1:])
                 runs[i].append(
@@ -160,14 +183,15 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     print(
         f"model={cfg.model.backbone} width={cfg.model.cnn_width} size={cfg.data.image_size} "
-        f"global batch={cfg.global_batch_size} views={cfg.data.views} epochs={args.epochs} "
+        f"decode={cfg.data.decode_size} global batch={cfg.global_batch_size} "
+        f"views={cfg.data.views} epochs={args.epochs} "
         f"repeats={args.repeats}; medians over the repeats"
     )
     print("| loop | images/s in epochs 2..N | vs plain | wall vs plain | input s/epoch |")
     print("|---|---:|---:|---:|---:|")
     print(f"| plain loop (1 process), before Ray started | {before_ray:.0f} | | | |")
     print(f"| plain loop (1 process), Ray idle | {statistics.median(plain):.0f} | 1.00× | | |")
-    for i, (name, _, _) in enumerate(VARIANTS):
+    for i, (name, _, _) in enumerate(variants):
         rate, ratio, wall, wait = (statistics.median(col) for col in zip(*runs[i], strict=True))
         print(f"| {name} | {rate:.0f} | {ratio:.2f}× | {wall:.2f}× | {wait:.2f} |")
 
