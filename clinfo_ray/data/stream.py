@@ -114,7 +114,9 @@ class DropCounter:
         return cls(_DropCounterActor.remote())  # type: ignore[attr-defined]
 
     def add(self, examples: list[tuple[str, str]]) -> None:
-        self._handle.add.remote(examples)  # fire and forget: never slows the stream
+        # Waits for the actor: a fire-and-forget call may still be in flight when the task that
+        # made it has finished and the epoch's count is read. Drops are rare; the wait is too.
+        ray.get(self._handle.add.remote(examples))
 
     def count(self) -> int:
         return int(ray.get(self._handle.count.remote()))
