@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,6 +24,9 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.decode import source_side
 from clinfo_ray.data.manifest import read_manifest, split_files
 from clinfo_ray.data.splits import val_mask
+
+if TYPE_CHECKING:
+    from clinfo_ray.data.stream import StreamPlan  # imports ray: only where a run starts
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class RunInputs:
     """What the driver hands the workers: Ray Data datasets, the stream plan, the val rows."""
 
     datasets: dict[str, Any]  # "train" (data.cache worker), EMBED_TRAIN (kNN / k-means)
-    stream: Any  # a StreamPlan of the training rows, None with data.cache 'worker'
+    stream: StreamPlan | None  # the training rows' stream; None with data.cache 'worker'
     val: np.ndarray  # (n_train,) bool by index
 
 
