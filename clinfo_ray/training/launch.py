@@ -7,6 +7,7 @@ dataset) is checked in :func:`check_before_ray`; call it before ``ray.init()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -69,11 +70,20 @@ def check_before_ray(cfg: TrainConfig) -> int:
 
 def val_by_index(cfg: TrainConfig) -> np.ndarray:
     """(n_train,) bool by ``index`` (the row in the train split, ids sorted): the validation
-    rows, which never train and are the online kNN's queries."""
-    files = split_files(cfg.data.dataset_dir, C.TRAIN)
+    rows, which never train and are the online kNN's queries. Read-only; computed once per
+    dataset and fraction (the check before Ray and the run's inputs share it)."""
+    folder = Path(cfg.data.dataset_dir).resolve()
+    written = (folder / C.MANIFEST).stat().st_mtime_ns  # a folder prepared again is read again
+    return _val_by_index(str(folder), written, cfg.data.val_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _val_by_index(dataset_dir: str, written: int, fraction: float) -> np.ndarray:
+    files = split_files(dataset_dir, C.TRAIN)
     ids = pq.read_table(files, columns=[C.ID]).column(C.ID)
-    ids = pc.take(ids, pc.sort_indices(ids))
-    return val_mask(ids, cfg.data.val_fraction)
+    mask = val_mask(pc.take(ids, pc.sort_indices(ids)), fraction)
+    mask.setflags(write=False)
+    return mask
 
 
 def resolve_decode_size(cfg: TrainConfig) -> TrainConfig:
