@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.seeding import mixed_seed
 from clinfo_ray.data.stream import IMAGE_U8
-from clinfo_ray.data.worker_cache import InMemorySplit, mixed_seed
+from clinfo_ray.data.worker_cache import InMemorySplit
 
 AUG = ViewAugmentation(size=8, views=2)
 N = 50

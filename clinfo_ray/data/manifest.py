@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from clinfo_ray.data import columns as C
 
 
@@ -73,3 +77,10 @@ def split_files(folder: str | Path, split: str) -> list[str]:
     if split not in manifest.files:
         raise ValueError(f"split: {split!r} is not in {sorted(manifest.files)}")
     return [str(Path(folder) / name) for name in manifest.files[split]]
+
+
+def sorted_ids(files: list[str]) -> pa.Array:
+    """The image ids of a split's Parquet files, sorted: an image's ``index`` (what the stream,
+    the cluster state and the validation mask use) is its position here."""
+    ids = pq.read_table(files, columns=[C.ID]).column(C.ID)
+    return pc.take(ids, pc.sort_indices(ids)).combine_chunks()

@@ -60,7 +60,7 @@ import torch
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.decode import decode_batch
-from clinfo_ray.data.manifest import split_files
+from clinfo_ray.data.manifest import sorted_ids, split_files
 from clinfo_ray.data.parquet_pieces import PIECE, list_pieces, read_pieces
 from clinfo_ray.data.seeding import (
     BATCH_BUFFER,
@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
 DROPPED_METRIC = "data/dropped_images"
-AUGMENT_ON = ("ray_data", "worker")
 READ_COLUMNS = (C.ID, C.IMAGE, C.LABEL)
 PIECE_ROWS = 32  # rows per piece: smaller mixes more, at more row-group reads per task
 TASK_ROWS = 256  # rows per Ray Data task
@@ -150,8 +149,7 @@ class ClusterLookup:
 
     @classmethod
     def build(cls, files: list[str], clusters: pa.Table | str | Path | None) -> ClusterLookup:
-        ids = pc.sort_indices(ids_col := pq.read_table(files, columns=[C.ID]).column(C.ID))
-        ids = pc.take(ids_col, ids).combine_chunks()
+        ids = sorted_ids(files)
         if clusters is None:  # instance discrimination: every image its own cluster
             return cls(ids, pa.array(np.arange(len(ids), dtype=np.int64)))
         table = read_cluster_table(clusters)
@@ -283,7 +281,8 @@ def _decode_pieces(pieces: pa.Table, decode: DecodeViews) -> list[dict[str, np.n
 class StreamPlan:
     """Everything a worker needs to stream its share of a split, epoch after epoch (picklable).
 
-    ``pieces``: every piece of the split (``parquet_pieces.PIECE_SCHEMA`` plus its number).
+    ``pieces``: every piece of the split (``parquet_pieces.PIECE_SCHEMA`` plus its number in
+    the ``PIECE`` column); a Ray Data task takes ``pieces_per_task`` of them.
     ``decode``: the per-row transform. ``augmentation``: the views made in the tasks, None when
     they are made on the worker. ``cached``: one object-store reference per piece (its decoded
     rows), or None.
@@ -293,7 +292,7 @@ class StreamPlan:
     decode: DecodeViews
     augmentation: ViewAugmentation | None
     seed: int
-    task_rows: int
+    pieces_per_task: int
     cached: tuple[Any, ...] | None = None
 
     @classmethod
@@ -324,9 +323,11 @@ class StreamPlan:
             raise ValueError("decode_size is needed when there is no augmentation")
         files = split_files(dataset_dir, split)
         lookup = ClusterLookup.build(files, clusters)
-        pieces = list_pieces(files, min(piece_rows, task_rows))
+        piece_rows = min(piece_rows, task_rows)
+        pieces = list_pieces(files, piece_rows)
+        pieces = pieces.append_column(PIECE, pa.array(np.arange(pieces.num_rows), pa.int64()))
         decode = DecodeViews(lookup=lookup, decode_size=size, drops=drops, keep=keep)
-        plan = cls(pieces, decode, augmentation, seed, task_rows)
+        plan = cls(pieces, decode, augmentation, seed, task_rows // piece_rows)
         if not cache:
             return plan
         decode_ref = ray.put(decode)
@@ -335,18 +336,13 @@ class StreamPlan:
             n = group.num_rows
             out: Any = _decode_pieces.options(num_returns=n).remote(group, decode_ref)
             refs += out if n > 1 else [out]
-        return cls(pieces, decode, augmentation, seed, task_rows, tuple(refs))
-
-    @property
-    def num_rows(self) -> int:
-        """Rows of the split before ``keep`` and decoding failures."""
-        return len(self.decode.lookup.ids)
+        return cls(pieces, decode, augmentation, seed, plan.pieces_per_task, tuple(refs))
 
     def _task_groups(self, order: np.ndarray) -> list[pa.Table]:
-        per_task = max(1, self.task_rows // max(1, _piece_rows(self.pieces)))
-        numbered = self.pieces.append_column(PIECE, pa.array(np.arange(self.pieces.num_rows)))
-        chosen = numbered.take(pa.array(order, type=pa.int64()))
-        return [chosen.slice(i, per_task) for i in range(0, chosen.num_rows, per_task)]
+        """The pieces in ``order``, cut into one table per Ray Data task."""
+        chosen = self.pieces.take(pa.array(order, type=pa.int64()))
+        step = self.pieces_per_task
+        return [chosen.slice(i, step) for i in range(0, chosen.num_rows, step)]
 
     def piece_order(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
         """This rank's pieces of one epoch: every ``world``-th of one permutation of all."""
@@ -395,11 +391,6 @@ class StreamPlan:
             local_shuffle_buffer_size=batch_size * shuffle_buffer_batches or None,
             seed=mixed_seed(self.seed, BATCH_BUFFER, epoch, rank),
         )
-
-
-def _piece_rows(pieces: pa.Table) -> int:
-    rows = pc.subtract(pieces.column("stop"), pieces.column("start"))
-    return int(pc.max(rows).as_py() or 1)
 
 
 def iter_views(

@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from clinfo_ray.clusters.build import BuildOptions, build_clusters, statistics_of_table
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.decode import source_side
-from clinfo_ray.data.manifest import read_manifest, split_files
+from clinfo_ray.data.manifest import read_manifest, sorted_ids, split_files
 from clinfo_ray.data.splits import val_mask
 
 if TYPE_CHECKING:
@@ -79,9 +77,7 @@ def val_by_index(cfg: TrainConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _val_by_index(dataset_dir: str, written: int, fraction: float) -> np.ndarray:
-    files = split_files(dataset_dir, C.TRAIN)
-    ids = pq.read_table(files, columns=[C.ID]).column(C.ID)
-    mask = val_mask(pc.take(ids, pc.sort_indices(ids)), fraction)
+    mask = val_mask(sorted_ids(split_files(dataset_dir, C.TRAIN)), fraction)
     mask.setflags(write=False)
     return mask
 
