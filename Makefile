@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test` (`make test-fast`: no Ray).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: test demo lint install clean
+.PHONY: test test-fast demo lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The inner loop: lint, then the unit tests only (the tests that need Ray are marked `ray`).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not ray"
+
 demo: $(STAMP)
-	$(BIN)/python -m clinfo_ray.demo
+	$(BIN)/clinfo-ray demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

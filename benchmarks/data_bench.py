@@ -31,10 +31,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.stream import SHUFFLE_BUFFER_BATCHES, StreamPlan
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.decode import decode_batch
+from clinfo_ray.data.read.stream import SHUFFLE_BUFFER_BATCHES, StreamPlan
 
 
 class ParquetViews(Dataset):

@@ -20,8 +20,8 @@ import logging
 import time
 from pathlib import Path
 
+from clinfo_ray.commands.demo import DEMO_CONFIG, METHODS
 from clinfo_ray.config import apply_overrides, load_config
-from clinfo_ray.demo import DEMO_CONFIG, METHODS
 
 BATCHES = {128: 64, 256: 128}  # global batch -> batch_size_per_worker over 2 workers
 
@@ -40,11 +40,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    from clinfo_ray.commands.common import connect_ray
     from clinfo_ray.training.launch import train
-    from clinfo_ray.training.ray_session import ensure_ray
 
     base = load_config(DEMO_CONFIG, [f"data.dataset_dir={args.data}"])
-    ensure_ray(None, base)
+    connect_ray(cpus_needed=base.run.num_workers * base.run.cpus_per_worker)
     out = Path(args.out)
     for seed in args.seeds:
         for global_batch, per_worker in BATCHES.items():

@@ -20,8 +20,8 @@ import torch
 
 from clinfo_ray.config import load_config
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
+from clinfo_ray.data.read.decode import decode_batch
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training.objective import TrainModule, augmentation_of, train_step
@@ -64,14 +64,14 @@ def run(config: str, overrides: list[str], device: str, steps: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--config", default="configs/gpu_resnet50.yaml")
+    parser.add_argument("--config", default="gpu_resnet50")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     overrides = [f"data.dataset_dir={args.data}", "loss.method=simclr", *args.overrides]
     if args.device == "cuda":
-        overrides.append("run.use_gpu=true")
+        overrides.append("run.device=gpu")
     result = run(args.config, overrides, args.device, args.steps)
     print(json.dumps({"device": args.device, "config": args.config, **result}, indent=2))
 

@@ -16,22 +16,26 @@ import os
 import platform
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clinfo_ray.clusters.kmeans import fit_kmeans, resolve_gpu
+from clinfo_ray.clusters.kmeans import fit_kmeans
+from clinfo_ray.config import Device, KMeansSettings
+from clinfo_ray.config.sections import KMeansInit
+from clinfo_ray.devices import faiss_uses_gpu
 
 
-def bench(n: int, d: int, k: int, niter: int, init: str, use_gpu: str) -> dict:
-    if niter < 2:
+def bench(n: int, d: int, k: int, settings: KMeansSettings) -> dict:
+    if settings.niter < 2:
         raise SystemExit("--niter must be >= 2 to time an iteration")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d), dtype=np.float32)  # (n, d)
     start = time.perf_counter()
-    km = fit_kmeans(x, k, niter=niter, seed=1, init=init, use_gpu=_gpu(use_gpu))
+    km = fit_kmeans(x, k, settings)
     wall = time.perf_counter() - start
     # faiss's stats hold seconds since training began (seeding included), one per iteration;
     # the steady state is the mean step between iterations 1..niter
@@ -43,9 +47,9 @@ def bench(n: int, d: int, k: int, niter: int, init: str, use_gpu: str) -> dict:
         "n": n,
         "d": d,
         "k": k,
-        "niter": niter,
-        "init": init,
-        "gpu": resolve_gpu(_gpu(use_gpu)),
+        "niter": settings.niter,
+        "init": settings.init,
+        "gpu": faiss_uses_gpu(settings.device),
         "s_per_iter": iter_s,
         "search_s_per_iter": float(np.diff(search).mean()),
         "min_s_per_iter": float(np.diff(total).min()),
@@ -55,20 +59,16 @@ def bench(n: int, d: int, k: int, niter: int, init: str, use_gpu: str) -> dict:
     }
 
 
-def _gpu(use_gpu: str) -> bool | str:
-    choices: dict[str, bool | str] = {"auto": "auto", "yes": True, "no": False}
-    return choices[use_gpu]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--k", type=int, default=2500)
     parser.add_argument("--niter", type=int, default=3)
-    parser.add_argument("--init", default="afk-mc2", choices=("afk-mc2", "random", "k-means++"))
-    parser.add_argument("--gpu", default="auto", choices=("auto", "yes", "no"))
+    parser.add_argument("--init", default="afk-mc2", choices=typing.get_args(KMeansInit))
+    parser.add_argument("--device", default="auto", choices=typing.get_args(Device))
     args = parser.parse_args(argv)
+    settings = KMeansSettings(niter=args.niter, init=args.init, seed=1, device=args.device)
     import faiss
 
     print(
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.n:
-        r = bench(n, args.d, args.k, args.niter, args.init, args.gpu)
+        r = bench(n, args.d, args.k, settings)
         device = "GPU" if r["gpu"] else "CPU"
         print(
             f"| {n:,} | {r['d']} | {r['k']:,} | {device} | {faiss.omp_get_max_threads()} | "

@@ -27,13 +27,16 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.stream import StreamPlan
-from tests.test_data_row_order import N_CLASSES, N_IMAGES, _batch_mixing, _uniform_batches
-from tests.test_prepare_imagefolder import draw_shapes
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.stream import StreamPlan
+from clinfo_ray.data.row_order import batch_label_mixing, uniform_batches
+from clinfo_ray.data.write.prepare import prepare
+from tests.datasets import draw_shapes
+
+N_IMAGES, N_CLASSES = 600, 6  # as tests/test_data_row_order.py
 
 
 def _sorted_copy(src: Path, dst: Path) -> Path:
@@ -76,7 +79,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for name, data in sets.items():
         labels = pq.read_table(split_files(data, C.TRAIN), columns=[C.LABEL]).column(0)
-        uniform = _batch_mixing(_uniform_batches(np.asarray(labels), 32))
+        uniform = batch_label_mixing(uniform_batches(np.asarray(labels), 32))
         for buffer in (4, 0):
             plan = StreamPlan.build(data, augmentation=ViewAugmentation(size=8, views=1), seed=0)
             batches = [
@@ -84,7 +87,7 @@ def main() -> None:
                 for epoch in range(1, 6)
                 for b in plan.iter_epoch(epoch, batch_size=32, shuffle_buffer_batches=buffer)
             ]
-            runs, pairs = _batch_mixing(batches)
+            runs, pairs = batch_label_mixing(batches)
             print(
                 f"| {name} | {buffer} batches | {runs:.3f} | {pairs:.3f} | "
                 f"{uniform[0]:.3f} / {uniform[1]:.3f} |"

@@ -35,8 +35,8 @@ import torch
 
 from clinfo_ray.config import TrainConfig, load_config
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
+from clinfo_ray.data.read.decode import decode_batch
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training.launch import resolve_decode_size
@@ -133,7 +133,7 @@ def ray_train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--config", default="quickstart")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each loop; medians shown")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -159,9 +159,9 @@ def main() -> None:
     cfg = resolve_decode_size(cfg)  # the plain loop decodes at the size training uses
     before_ray = statistics.mean(plain_loop(cfg, args.epochs)[1:])
     print(f"plain loop before Ray started: {before_ray:.0f} images/s", flush=True)
-    from clinfo_ray.training.ray_session import ensure_ray
+    from clinfo_ray.commands.common import connect_ray
 
-    ensure_ray(None, cfg)
+    connect_ray(cpus_needed=cfg.run.num_workers * cfg.run.cpus_per_worker)
     out = Path(tempfile.mkdtemp(prefix="train_bench_"))
     # Each repeat runs the plain loop (Ray idle meanwhile) and then every variant, and each
     # variant is compared with its own repeat's plain loop: the machine's slow spells (this VM

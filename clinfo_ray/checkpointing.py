@@ -5,12 +5,12 @@ Layout of one checkpoint directory::
     model.pt       state dict of the unwrapped model (no ``module.`` / ``_orig_mod.`` prefixes)
     optimizer.pt   optimizer state dict            (optional)
     scheduler.pt   LR scheduler state dict         (optional)
-    scaler.pt      torch.amp GradScaler state dict (optional; bf16 needs none)
     loss.pt        state dict of a loss with parameters, e.g. the ce-clusters classifier (optional)
-    state.json     epoch, step, config, cluster_table_version, extra, format_version, ...
+    clusters.pt    the run's clusters: version and (n_train,) int64 assignment (optional)
+    state.json     epoch, step, config, cluster_table_version, extra, files, format_version, ...
 
 Each file is written to a temporary name and renamed, and state.json is written last: a
-directory with state.json is complete.
+directory with state.json is complete, and its ``files`` lists the optional parts it holds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -32,9 +32,18 @@ from clinfo_ray.model import ContrastiveModel, build_model
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
+CLUSTERS_FILE = "clusters.pt"
 # Fields of ModelConfig that change parameter shapes (proj_hidden via proj_hidden_dim).
 _SHAPE_FIELDS = ("backbone", "small_image_stem", "cnn_width", "proj_dim", "proj_batch_norm")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class Stateful(Protocol):
+    """What a checkpoint part is: an object that gives and takes a plain-data state dict."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any, /) -> Any: ...
 
 
 class CheckpointError(RuntimeError):
@@ -85,13 +94,15 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _part_files(optimizer: Any, scheduler: Any, scaler: Any, loss_module: Any) -> dict[str, Any]:
+def _part_files(
+    optimizer: Any, scheduler: Any, loss_module: Any, clusters: Any
+) -> dict[str, Stateful | None]:
     """File name -> object of the optional parts of a checkpoint (None: not saved / loaded)."""
     return {
         "optimizer.pt": optimizer,
         "scheduler.pt": scheduler,
-        "scaler.pt": scaler,
         "loss.pt": loss_module,
+        CLUSTERS_FILE: clusters,
     }
 
 
@@ -104,21 +115,22 @@ def save_checkpoint(
     config: TrainConfig | Mapping[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    scaler: torch.amp.GradScaler | None = None,
     loss_module: nn.Module | None = None,
+    clusters: Stateful | None = None,
     cluster_table_version: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory (created if needed) and return its path.
 
-    ``model`` may be DDP-wrapped or compiled; the unwrapped state dict is saved. ``extra`` must
-    be JSON-serialisable (e.g. metrics, the cluster table's path).
+    ``model`` may be DDP-wrapped or compiled; the unwrapped state dict is saved. ``clusters``:
+    the run's cluster state (``training.cluster_state.ClusterState``), whose state dict holds
+    tensors and plain values only. ``extra`` must be JSON-serialisable (e.g. metrics).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)  # incomplete until state.json is back
     _save_atomic(strip_wrapper_prefixes(unwrap_model(model).state_dict()), directory / "model.pt")
-    parts = _part_files(optimizer, scheduler, scaler, loss_module)
+    parts = _part_files(optimizer, scheduler, loss_module, clusters)
     for name, obj in parts.items():
         if obj is not None:
             _save_atomic(obj.state_dict(), directory / name)
@@ -201,8 +213,8 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    scaler: torch.amp.GradScaler | None = None,
     loss_module: nn.Module | None = None,
+    clusters: Stateful | None = None,
     model_config: ModelConfig | None = None,
     map_location: str | torch.device = "cpu",
 ) -> CheckpointState:
@@ -218,7 +230,7 @@ def load_checkpoint(
         _check_model_config(directory, state.config.get("model", {}), model_config)
     target = unwrap_model(model)
     _load_state_dict(directory, target, _torch_load(directory / "model.pt", map_location))
-    parts = _part_files(optimizer, scheduler, scaler, loss_module)
+    parts = _part_files(optimizer, scheduler, loss_module, clusters)
     for name, obj in parts.items():
         if obj is None:
             continue

@@ -87,6 +87,28 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         return _gather_padded(x, _gather_sizes(x.shape[0], x.device))
 
 
+def gather_to_rank0(x: torch.Tensor) -> torch.Tensor | None:
+    """Rows of every rank, in rank order, on rank 0 only; None on the other ranks; ``x`` itself
+    at world size 1. Ranks may hold different numbers of rows (same trailing shape and dtype).
+
+    For results only rank 0 reads (a split's embeddings): each rank sends its rows once, rather
+    than every rank receiving every row as :func:`gather_no_grad` does.
+    """
+    if not is_distributed():
+        return x
+    with torch.no_grad():
+        sizes = _gather_sizes(x.shape[0], x.device)
+        longest = max(sizes)
+        if x.shape[0] < longest:  # gather needs equal shapes: pad, gather, cut
+            x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in sizes] if rank() == 0 else None
+        dist.gather(x, parts, dst=0)
+        if parts is None:
+            return None
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
 def broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``x`` on every rank (same shape and dtype everywhere); ``x`` itself at size 1."""
     if is_distributed():

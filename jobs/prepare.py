@@ -1,42 +1,21 @@
-"""Prepare a dataset as Parquet shards on a Ray cluster: ``ray job submit -- python jobs/prepare.py
-SOURCE --out DIR [options]`` (the options of ``clinfo-ray prepare``).
+"""Prepare a dataset as Parquet shards: `clinfo-ray prepare` as a Ray job.
 
-Attaches to the cluster the job runs on (``ray.init()``); run directly, it starts a local Ray.
+    ray job submit --working-dir . -- python jobs/prepare.py emoji --out data/emoji
+
+The arguments are those of the command (`clinfo-ray prepare --help`). Under `ray job submit` it
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
+readable on every node (shared storage on a cluster).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
+from pathlib import Path
 
-from clinfo_ray.data.prepare_cli import add_arguments, config_from_args, summary_line
+# `python jobs/prepare.py` from a checkout (the --working-dir upload) without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def main(argv: list[str] | None = None) -> int:
-    import ray
-
-    from clinfo_ray.data.prepare import prepare
-    from clinfo_ray.data.sources.source_table import PrepareError
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    # Inside `ray job submit` RAY_ADDRESS names the cluster; otherwise start our own.
-    address = os.environ.get("RAY_ADDRESS", "local")
-    ray.init(address=address, num_cpus=args.num_cpus if address == "local" else None)
-    try:
-        manifest = prepare(config_from_args(args))
-    except PrepareError as err:
-        print(f"prepare: {err}", file=sys.stderr)
-        return 2
-    print(summary_line(manifest, args.out))
-    return 0
-
+from clinfo_ray.commands.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["prepare", *sys.argv[1:]]))

@@ -1,28 +1,21 @@
-"""Train a representation: ``python jobs/train.py --config configs/quickstart.yaml``.
+"""Train a representation: `clinfo-ray train` as a Ray job.
 
-On a cluster: ``ray job submit --working-dir . -- python jobs/train.py --config ...``.
-Without one it starts a local Ray. A bad config fails before Ray starts.
+    ray job submit --working-dir . -- python jobs/train.py --config quickstart
+
+The arguments are those of the command (`clinfo-ray train --help`). Under `ray job submit` it
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
+readable on every node (shared storage on a cluster).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, under --working-dir
+# `python jobs/train.py` from a checkout (the --working-dir upload) without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clinfo_ray.training import cli
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing, at INFO
-    return cli.run(parser.parse_args(argv))
-
+from clinfo_ray.commands.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,15 +1,56 @@
-"""Shared fixtures: one Ray cluster for the whole session, started on loopback by the tests."""
+"""Shared fixtures: one Ray cluster for the whole session, started on loopback by the tests, and
+the one shapes dataset prepared on it.
+
+Every test that needs Ray reaches ``ray_session``, directly or through other fixtures, and is
+marked ``ray`` here at collection: ``pytest -m "not ray"`` runs the unit tests only, without
+starting Ray. A test without the mark that starts Ray anyway (``ray.init``, or Ray Data starting
+one on first use) fails at teardown.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 # Token authentication otherwise depends on what ran on this machine before (~/.ray/auth_token).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+pytest_plugins = ("pytester",)  # tests/test_conftest_marks.py runs small suites of its own
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``ray`` every test whose fixture closure includes ``ray_session``."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # not imported: certainly not running
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_ray_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test not marked ``ray`` that leaves a Ray it started itself (shut down here)."""
+    running_before = _ray_running()
+    yield
+    if running_before or request.node.get_closest_marker("ray") is not None:
+        return
+    if _ray_running():
+        import ray
+
+        ray.shutdown()
+        pytest.fail(
+            f"{request.node.nodeid} started Ray without the ray_session fixture: request "
+            "ray_session (or a fixture built on it), so that it is marked `ray`"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +73,13 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's shapes dataset (tests/datasets.py: 48 train + 12 test drawn shapes),
+    prepared once for every module that needs a small real dataset. Read it, never write into
+    it: copy it first (``datasets.train_split_with_undecodable_row`` does)."""
+    from tests.datasets import prepare_shapes_dataset
+
+    return prepare_shapes_dataset(tmp_path_factory.mktemp("shapes"))

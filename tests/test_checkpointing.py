@@ -1,10 +1,12 @@
-"""Checkpoints: save -> load restores everything, DDP prefixes, model-shape mismatches fail."""
+"""Checkpoints: save -> load restores everything, DDP prefixes, model-shape mismatches fail,
+state.json is written last and lists the parts."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,6 +26,7 @@ from clinfo_ray.config import ModelConfig, TrainConfig, apply_overrides
 from clinfo_ray.losses import ClusterCrossEntropy
 from clinfo_ray.model import ContrastiveModel, build_model
 from clinfo_ray.optim import build_optimizer
+from clinfo_ray.training.cluster_state import ClusterState
 
 CONFIG = apply_overrides(
     TrainConfig(),
@@ -65,17 +68,17 @@ def _assert_same_tensors(a: object, b: object) -> None:
         assert a == b
 
 
-def test_save_load_restores_model_optimizer_scheduler_scaler(tmp_path: Path) -> None:
+def test_save_load_restores_model_optimizer_scheduler_loss_clusters(tmp_path: Path) -> None:
     model, optimizer, scheduler = _trained()
-    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
     loss_module = ClusterCrossEntropy(model.feature_dim, 5)
+    clusters = ClusterState(np.array([2, 0, 1, 1, 0], dtype=np.int64), version=7)
     save_checkpoint(
         tmp_path / "ckpt",
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        scaler=scaler,
         loss_module=loss_module,
+        clusters=clusters,
         epoch=3,
         step=2,
         config=CONFIG,
@@ -85,15 +88,15 @@ def test_save_load_restores_model_optimizer_scheduler_scaler(tmp_path: Path) -> 
     torch.manual_seed(123)
     fresh = build_model(CONFIG.model)  # other initial weights
     fresh_opt, fresh_sched = build_optimizer(fresh, CONFIG.optim, steps_per_epoch=3)
-    fresh_scaler = torch.amp.GradScaler("cpu")
     fresh_loss = ClusterCrossEntropy(model.feature_dim, 5)
+    fresh_clusters = ClusterState(None)  # instance clusters, version 0, until restored
     state = load_checkpoint(
         tmp_path / "ckpt",
         model=fresh,
         optimizer=fresh_opt,
         scheduler=fresh_sched,
-        scaler=fresh_scaler,
         loss_module=fresh_loss,
+        clusters=fresh_clusters,
         model_config=CONFIG.model,
     )
     assert (state.epoch, state.step, state.cluster_table_version) == (3, 2, 7)
@@ -102,8 +105,11 @@ def test_save_load_restores_model_optimizer_scheduler_scaler(tmp_path: Path) -> 
     _assert_same_tensors(optimizer.state_dict(), fresh_opt.state_dict())
     assert fresh_sched.state_dict() == scheduler.state_dict()
     assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
-    assert fresh_scaler.get_scale() == 512.0
     _assert_same_tensors(loss_module.state_dict(), fresh_loss.state_dict())
+    assert fresh_clusters.version == 7 and fresh_clusters.num_clusters == 3
+    assert fresh_clusters.assignment is not None
+    assert fresh_clusters.assignment.tolist() == [2, 0, 1, 1, 0]
+    assert fresh_clusters.ids(torch.tensor([4, 0])).tolist() == [0, 2]
     # The next step after resuming equals the next step without interruption.
     _step(model, optimizer, scheduler, seed=9)
     _step(fresh, fresh_opt, fresh_sched, seed=9)
@@ -119,11 +125,41 @@ def test_files_load_with_weights_only(tmp_path: Path) -> None:
     for name in ("model.pt", "optimizer.pt", "scheduler.pt"):
         torch.load(directory / name, weights_only=True)  # raises on anything but plain data
     state = json.loads((directory / "state.json").read_text())
-    assert state["config"] == CONFIG.to_dict() and state["files"] == [
+    # JSON holds the config's tuples (clusters.tags_include, ...) as lists
+    assert state["config"] == json.loads(json.dumps(CONFIG.to_dict())) and state["files"] == [
         "optimizer.pt",
         "scheduler.pt",
     ]
     assert not list(directory.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("assignment", [np.array([1, 0, 1]), None], ids=["table", "instances"])
+def test_clusters_are_a_part_listed_and_written_before_state_json(
+    tmp_path: Path, assignment: np.ndarray | None
+) -> None:
+    model, optimizer, _ = _trained()
+    clusters = ClusterState(assignment, version=2)
+    directory = save_checkpoint(
+        tmp_path / "c", model=model, optimizer=optimizer, clusters=clusters, epoch=1, step=2,
+        config=CONFIG, cluster_table_version=clusters.version,
+    )  # fmt: skip
+    state = json.loads((directory / "state.json").read_text())
+    assert state["files"] == ["clusters.pt", "optimizer.pt"]
+    # a directory with state.json is complete: every part is older (or as old)
+    written = (directory / "state.json").stat().st_mtime_ns
+    parts = ["model.pt", *state["files"]]
+    assert all((directory / name).stat().st_mtime_ns <= written for name in parts)
+    saved = torch.load(directory / "clusters.pt", weights_only=True)
+    assert saved["version"] == 2
+    restored = ClusterState(np.zeros(3, dtype=np.int64))
+    load_checkpoint(directory, model=model, clusters=restored)
+    assert restored.version == 2
+    if assignment is None:  # instance clusters: each index its own
+        assert restored.assignment is None and restored.num_clusters is None
+        assert restored.ids(torch.tensor([2, 0])).tolist() == [2, 0]
+    else:
+        assert restored.assignment is not None
+        assert restored.assignment.tolist() == [1, 0, 1]
 
 
 def test_model_shape_mismatch_names_the_key(tmp_path: Path) -> None:
@@ -147,6 +183,8 @@ def test_missing_pieces_fail_clearly(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c", model=model, epoch=1, step=1, config=CONFIG)
     with pytest.raises(CheckpointError, match=r"no optimizer\.pt"):
         load_checkpoint(tmp_path / "c", model=model, optimizer=optimizer)
+    with pytest.raises(CheckpointError, match=r"no clusters\.pt"):
+        load_checkpoint(tmp_path / "c", model=model, clusters=ClusterState(None))
 
 
 def test_ddp_wrapped_models_save_and_load_without_prefix(tmp_path: Path) -> None:

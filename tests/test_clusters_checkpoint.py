@@ -22,28 +22,22 @@ from clinfo_ray.clusters.from_embeddings import (
     align_embeddings,
     embedding_kmeans_clusters,
 )
-from clinfo_ray.config import DataConfig, ModelConfig, TrainConfig
+from clinfo_ray.config import DataConfig, KMeansSettings, ModelConfig, TrainConfig
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
+from clinfo_ray.data.read.decode import decode_batch
 from clinfo_ray.model import build_model
-from tests.test_prepare_imagefolder import draw_shapes, write_csv
+from tests.datasets import SHAPES_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 16  # the checkpoint's data.image_size; images are drawn at 24 px
-N_IMAGES, K = 36, 4
+SIZE = 16  # the checkpoint's data.image_size; the images are larger
+N_IMAGES, K = SHAPES_IMAGES, 4
 
 
 @pytest.fixture(scope="module")
-def dataset(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """36 drawn shapes (3 colours x 2 shapes), split by a hash of the id into train and test."""
-    root = tmp_path_factory.mktemp("km_shapes")
-    records = draw_shapes(root / "img", N_IMAGES, size=24)
-    out = root / "ds"
-    ann = write_csv(root / "a.csv", records)
-    prepare(PrepareConfig("imagefolder", str(out), images=str(root / "img"), annotations=str(ann)))
-    return out
+def dataset(shapes_dataset: Path) -> Path:
+    """The session's shapes dataset: 3 colours x 2 shapes, train and test."""
+    return shapes_dataset
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +78,13 @@ def decoded_images(dataset: Path) -> tuple[list[str], torch.Tensor, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def kmeans_table(
-    ray_session: None, dataset: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    from clinfo_ray.cli import main
+def kmeans_table(dataset: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clinfo_ray.commands.main import main
 
     out = tmp_path_factory.mktemp("km_out") / "km.parquet"
     argv = ["clusters", "--data", str(dataset), "--method", "kmeans", "--checkpoint"]
-    argv += [str(checkpoint), "--k", str(K), "--niter", "50", "--seed", "3", "--gpu", "no"]
+    argv += [str(checkpoint), "--k", str(K), "--kmeans-niter", "50", "--kmeans-seed", "3"]
+    argv += ["--kmeans-device", "cpu"]
     assert main([*argv, "--num-actors", "1", "--batch-size", "8", "--out", str(out)]) == 0
     return out
 
@@ -105,7 +98,6 @@ def reference_projections(dataset: Path, checkpoint: Path) -> tuple[list[str], n
     return ids, F.normalize(projections, dim=-1).numpy(), splits
 
 
-@pytest.mark.ray
 def test_table_has_one_row_per_image_and_contiguous_ids(kmeans_table: Path, dataset: Path) -> None:
     table = pq.read_table(kmeans_table)
     dataset_ids = pq.read_table(
@@ -119,11 +111,10 @@ def test_table_has_one_row_per_image_and_contiguous_ids(kmeans_table: Path, data
     assert 2 <= num <= K and set(clusters.tolist()) == set(range(num))
 
 
-@pytest.mark.ray
 def test_stats_json_has_the_keys_of_the_other_methods(
     kmeans_table: Path, dataset: Path, checkpoint: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from clinfo_ray.cli import main
+    from clinfo_ray.commands.main import main
 
     labels_out = kmeans_table.with_name("labels.parquet")
     argv = ["clusters", "--data", str(dataset), "--method", "labels", "--out", str(labels_out)]
@@ -139,7 +130,6 @@ def test_stats_json_has_the_keys_of_the_other_methods(
     assert 0.0 <= stats["mutual_information_bits"] <= stats["label_entropy_bits"] + 1e-9
 
 
-@pytest.mark.ray
 def test_assignment_is_nearest_centroid_of_the_models_projections(
     kmeans_table: Path, dataset: Path, checkpoint: Path
 ) -> None:
@@ -177,7 +167,8 @@ def test_embedding_kmeans_recovers_planted_clusters_and_keeps_unembedded_rows() 
     aligned, has = align_embeddings(emb, pa.chunked_array([ids.tolist()]))
     assert np.array_equal(has, keep) and np.allclose(aligned[keep], vectors[keep])
     train = np.arange(60) % 4 != 0  # every 4th row is test: assigned, never fitted
-    codes, details = embedding_kmeans_clusters(aligned, has, train, 3, seed=1, use_gpu=False)
+    settings = KMeansSettings(seed=1, device="cpu")
+    codes, details = embedding_kmeans_clusters(aligned, has, train, 3, settings)
     for c in range(3):
         assert len(set(codes[keep & (truth == c)].tolist())) == 1
     assert len(set(codes[keep].tolist())) == 3
@@ -186,7 +177,7 @@ def test_embedding_kmeans_recovers_planted_clusters_and_keeps_unembedded_rows() 
     with pytest.raises(ValueError, match=r"not in the dataset, e\.g\. 'zz'"):
         align_embeddings(Embeddings(np.array(["zz"]), vectors[:1]), pa.chunked_array([["r00"]]))
     with pytest.raises(ValueError, match="--k 50"):
-        embedding_kmeans_clusters(aligned, has, train, 50, use_gpu=False)
+        embedding_kmeans_clusters(aligned, has, train, 50, settings)
 
 
 @pytest.mark.parametrize("broken", ["missing", "no_weights"])
@@ -197,7 +188,7 @@ def test_a_missing_or_incomplete_checkpoint_fails_naming_it(
     capsys: pytest.CaptureFixture,
     broken: str,
 ) -> None:
-    from clinfo_ray.cli import main
+    from clinfo_ray.commands.main import main
 
     bad = tmp_path / "checkpoint_bad"
     if broken == "no_weights":
@@ -215,7 +206,7 @@ def test_a_missing_or_incomplete_checkpoint_fails_naming_it(
 def test_kmeans_without_a_checkpoint_is_a_usage_error(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from clinfo_ray.cli import main
+    from clinfo_ray.commands.main import main
 
     out = tmp_path / "km.parquet"
     assert main(["clusters", "--data", str(dataset), "--method", "kmeans", "--out", str(out)]) == 2

@@ -1,18 +1,19 @@
-"""faiss k-means recovers planted clusters; nearest-centroid assignment; GPU selection."""
+"""faiss k-means recovers planted clusters; nearest-centroid assignment; faiss device choice."""
 
 from __future__ import annotations
+
+import typing
 
 import faiss
 import numpy as np
 import pytest
 
-from clinfo_ray.clusters.kmeans import (
-    INIT_METHODS,
-    faiss_gpu_count,
-    kmeans,
-    nearest_centroid,
-    resolve_gpu,
-)
+from clinfo_ray.clusters.kmeans import INIT_METHODS, kmeans, nearest_centroid
+from clinfo_ray.config import KMeansSettings
+from clinfo_ray.config.sections import KMeansInit
+from clinfo_ray.devices import faiss_gpu_count, faiss_uses_gpu
+
+CPU = KMeansSettings(device="cpu")
 
 
 def planted(n_per: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +37,8 @@ def test_kmeans_recovers_planted_clusters(spherical: bool) -> None:
     x, truth = planted(n_per=200, k=8, d=16, seed=3)
     if spherical:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-    assignments, centroids = kmeans(x, 8, niter=20, nredo=3, seed=1, spherical=spherical)
+    settings = KMeansSettings(niter=20, nredo=3, seed=1)
+    assignments, centroids = kmeans(x, 8, settings, spherical=spherical)
     assert assignments.dtype == np.int64 and assignments.shape == (x.shape[0],)
     assert centroids.dtype == np.float32 and centroids.shape == (8, 16)
     assert same_partition(assignments, truth)
@@ -44,11 +46,15 @@ def test_kmeans_recovers_planted_clusters(spherical: bool) -> None:
         np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
 
 
-@pytest.mark.parametrize("init", ["random", "afk-mc2", "k-means++"])
-def test_init_reaches_faiss(init: str) -> None:
+def test_every_configurable_init_has_a_faiss_method() -> None:
+    assert set(INIT_METHODS) == set(typing.get_args(KMeansInit))
+
+
+@pytest.mark.parametrize("init", typing.get_args(KMeansInit))
+def test_init_reaches_faiss(init: KMeansInit) -> None:
     """Centroids equal plain faiss.Kmeans' with the same seeding method and seed."""
     x, _ = planted(n_per=100, k=6, d=8, seed=2)
-    _, centroids = kmeans(x, 6, niter=10, seed=5, init=init, use_gpu=False)
+    _, centroids = kmeans(x, 6, KMeansSettings(niter=10, seed=5, init=init, device="cpu"))
     method = getattr(faiss, INIT_METHODS[init])
     reference = faiss.Kmeans(8, 6, niter=10, seed=5, init_method=method, min_points_per_centroid=1)
     reference.train(x)
@@ -57,8 +63,9 @@ def test_init_reaches_faiss(init: str) -> None:
 
 def test_kmeans_is_deterministic_for_a_seed() -> None:
     x, _ = planted(n_per=50, k=5, d=4, seed=0)
-    first, c1 = kmeans(x, 5, niter=5, seed=7, use_gpu=False)
-    second, c2 = kmeans(x, 5, niter=5, seed=7, use_gpu=False)
+    settings = KMeansSettings(niter=5, seed=7, device="cpu")
+    first, c1 = kmeans(x, 5, settings)
+    second, c2 = kmeans(x, 5, settings)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(c1, c2)
 
@@ -70,18 +77,41 @@ def test_nearest_centroid_uses_inner_product_when_spherical() -> None:
     np.testing.assert_array_equal(nearest_centroid(x, centroids, spherical=True), [1, 1])
 
 
+def test_an_unset_seed_draws_from_zero() -> None:
+    x, _ = planted(n_per=50, k=5, d=4, seed=0)
+    unset, _ = kmeans(x, 5, KMeansSettings(niter=5, device="cpu"))
+    zero, _ = kmeans(x, 5, KMeansSettings(niter=5, seed=0, device="cpu"))
+    np.testing.assert_array_equal(unset, zero)
+
+
 def test_kmeans_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="k=5 for 3 vectors"):
-        kmeans(np.zeros((3, 2), dtype=np.float32), 5)
+        kmeans(np.zeros((3, 2), dtype=np.float32), 5, CPU)
     with pytest.raises(ValueError, match="float"):
-        kmeans(np.zeros((3, 2), dtype=np.int64), 2)
+        kmeans(np.zeros((3, 2), dtype=np.int64), 2, CPU)
     with pytest.raises(ValueError, match="shape"):
-        kmeans(np.zeros(4, dtype=np.float32), 2)
+        kmeans(np.zeros(4, dtype=np.float32), 2, CPU)
 
 
-def test_gpu_selection_follows_what_faiss_sees() -> None:
-    assert resolve_gpu(False) is False
-    assert resolve_gpu("auto") is (faiss_gpu_count() > 0)
+def test_faiss_device_follows_what_faiss_sees() -> None:
+    assert faiss_uses_gpu("cpu") is False
+    assert faiss_uses_gpu("auto") is (faiss_gpu_count() > 0)
     if faiss_gpu_count() == 0:
-        with pytest.raises(RuntimeError, match="no GPU"):
-            resolve_gpu(True)
+        with pytest.raises(RuntimeError, match="faiss sees no GPU"):
+            faiss_uses_gpu("gpu")
+        with pytest.raises(RuntimeError, match="faiss sees no GPU"):
+            kmeans(np.ones((4, 2), dtype=np.float32), 2, KMeansSettings(device="gpu"))
+    else:
+        assert faiss_uses_gpu("gpu") is True
+    for bad in ("cuda", True, None):
+        with pytest.raises(ValueError, match="device must be one of 'auto', 'cpu', 'gpu'"):
+            faiss_uses_gpu(bad)  # type: ignore[arg-type]
+
+
+def test_ray_device_choice_needs_no_cluster_unless_auto() -> None:
+    from clinfo_ray.devices import ray_uses_gpu
+
+    assert ray_uses_gpu("cpu") is False
+    assert ray_uses_gpu("gpu") is True  # an autoscaling cluster may add GPU nodes on demand
+    with pytest.raises(ValueError, match="device must be one of"):
+        ray_uses_gpu("yes")  # type: ignore[arg-type]

@@ -16,6 +16,13 @@ from clinfo_ray.clusters.from_tags import (
     tfidf_vectors,
     top_k_tag_clusters,
 )
+from clinfo_ray.config import ClustersConfig, KMeansSettings
+
+
+def tags_kmeans(k: int, nredo: int = 1, **config) -> ClustersConfig:
+    """A tags-kmeans config with k clusters, faiss on the CPU, seed 0."""
+    kmeans = KMeansSettings(nredo=nredo, seed=0, device="cpu")
+    return ClustersConfig(method="tags-kmeans", k=k, kmeans=kmeans, **config)
 
 
 def tags_array(rows: list[list[str]]) -> pa.Array:
@@ -70,7 +77,7 @@ def test_only_combinations_that_occur_become_clusters() -> None:
 def test_tags_kmeans_makes_every_untagged_row_a_singleton() -> None:
     rows = [["x", "y"]] * 3 + [["z"]] * 3 + [[], [], ["test-only"], []]
     train = np.array([True] * 8 + [False, False])
-    clusters = tags_kmeans_clusters(tag_presence(tags_array(rows), train), 2, seed=0)
+    clusters = tags_kmeans_clusters(tag_presence(tags_array(rows), train), tags_kmeans(2))
     assert len(set(clusters[:3])) == 1 and len(set(clusters[3:6])) == 1
     assert clusters[0] != clusters[3]
     # rows 6, 7 (untagged, train), 8 (only a tag the train split never saw), 9 (test): alone
@@ -132,7 +139,9 @@ def test_random_projection_keeps_cosines_approximately() -> None:
     assert error < 0.12
 
 
-def test_tags_kmeans_recovers_planted_tag_groups() -> None:
+@pytest.mark.parametrize("projected", [False, True])
+def test_tags_kmeans_recovers_planted_tag_groups(projected: bool) -> None:
+    """Dense TF-IDF, or (clusters.tfidf_max_dense_bytes exceeded) its random projection."""
     rng = np.random.default_rng(1)
     groups = [[f"g{g}_{i}" for i in range(8)] for g in range(5)]
     truth = np.repeat(np.arange(5), 30)
@@ -140,7 +149,9 @@ def test_tags_kmeans_recovers_planted_tag_groups() -> None:
     rows += [[], []]  # untagged rows: a singleton each
     train = np.ones(len(rows), dtype=bool)
     train[::7] = False  # test rows are assigned to the nearest train centroid
-    clusters = tags_kmeans_clusters(tag_presence(tags_array(rows), train), 5, seed=0, nredo=2)
+    presence = tag_presence(tags_array(rows), train)
+    tfidf = {"tfidf_max_dense_bytes": 1, "tfidf_projection_dim": 64} if projected else {}
+    clusters = tags_kmeans_clusters(presence, tags_kmeans(5, nredo=2, **tfidf))
     assert sorted(np.unique(clusters)) == list(range(7))
     assert clusters[-1] != clusters[-2] and not {clusters[-1], clusters[-2]} & set(clusters[:-2])
     pairs = np.unique(np.stack([clusters[:-2], truth], axis=1), axis=0)
@@ -150,4 +161,4 @@ def test_tags_kmeans_recovers_planted_tag_groups() -> None:
 def test_tags_kmeans_needs_enough_tagged_train_rows() -> None:
     presence = tag_presence(tags_array([["a"], ["b"], []]), all_train(3))
     with pytest.raises(ValueError, match="--k 3 is larger than the number of tagged train rows, 2"):
-        tags_kmeans_clusters(presence, 3)
+        tags_kmeans_clusters(presence, tags_kmeans(3))

@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as F
 
-from clinfo_ray.data.augment import (
+from clinfo_ray.data.read.augment import (
     ViewAugmentation,
     adjust_brightness,
     adjust_contrast,

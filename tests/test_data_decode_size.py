@@ -16,9 +16,9 @@ from PIL import Image
 
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.decode import decode_image, source_side
 from clinfo_ray.data.manifest import Manifest
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.decode import decode_image, source_side
 from clinfo_ray.training.launch import _check_worker_cache_size, resolve_decode_size
 
 

@@ -9,7 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clinfo_ray.data.parquet_pieces import FILE, ROW_GROUP, START, STOP, list_pieces, read_pieces
+from clinfo_ray.data.read.parquet_pieces import (
+    FILE,
+    ROW_GROUP,
+    START,
+    STOP,
+    list_pieces,
+    read_pieces,
+)
 
 
 @pytest.fixture

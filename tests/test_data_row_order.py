@@ -15,16 +15,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from clinfo_ray.commands.prepare import add_arguments, config_from_args
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest, split_files
-from clinfo_ray.data.prepare import PrepareConfig, list_source, prepare
-from clinfo_ray.data.prepare_cli import add_arguments, config_from_args
 from clinfo_ray.data.row_order import (
+    batch_label_mixing,
     mean_label_run_length,
     row_permutation,
     shuffled_mean_label_run_length,
+    uniform_batches,
 )
-from tests.test_prepare_imagefolder import draw_shapes
+from clinfo_ray.data.write.prepare import list_source, prepare
+from tests.datasets import draw_shapes
 
 N_IMAGES, N_CLASSES = 600, 6
 
@@ -62,7 +65,7 @@ def test_seed_flag_defaults_from_the_config() -> None:
     add_arguments(parser)
     args = parser.parse_args(["imagefolder", "--out", "x", "--images", "i", "--annotations", "a"])
     assert config_from_args(args).seed == PrepareConfig("emoji", "x").seed == 0
-    args = parser.parse_args(["emoji", "--out", "x", "--shuffle-seed", "7"])
+    args = parser.parse_args(["emoji", "--out", "x", "--seed", "7"])
     assert config_from_args(args).seed == 7
 
 
@@ -91,7 +94,6 @@ def _train_rows(folder: Path) -> list[dict]:
     return pq.read_table(files, columns=[C.ID, C.LABEL, C.HIERARCHY]).to_pylist()
 
 
-@pytest.mark.ray
 def test_prepare_writes_a_seeded_permutation_and_keeps_the_split(
     ray_session: None, sorted_source: PrepareConfig, tmp_path: Path
 ) -> None:
@@ -120,30 +122,14 @@ def test_prepare_writes_a_seeded_permutation_and_keeps_the_split(
     assert all(r[C.HIERARCHY] == [f"k{r[C.LABEL] % 2}", f"c{r[C.LABEL]}"] for r in first)
 
 
-def _batch_mixing(batches: list[np.ndarray]) -> tuple[float, float]:
-    """(mean run length of equal labels inside a batch, share of same-label pairs in a batch)."""
-    runs = [mean_label_run_length(b) for b in batches]
-    pairs = []
-    for b in batches:
-        counts = np.unique(b, return_counts=True)[1]
-        pairs.append((counts * (counts - 1)).sum() / (b.size * (b.size - 1)))
-    return float(np.mean(runs)), float(np.mean(pairs))
-
-
-def _uniform_batches(labels: np.ndarray, size: int, draws: int = 2000) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.choice(labels, size=size, replace=False) for _ in range(draws)]
-
-
-@pytest.mark.ray
 def test_streamed_batches_of_a_sorted_source_mix_like_a_uniform_shuffle(
     ray_session: None, sorted_source: PrepareConfig, tmp_path: Path
 ) -> None:
     """The streamed path (data.cache none), end to end from a source sorted by label: the runs
     of equal labels inside a batch, and how many pairs of a batch share a label, are within
     10% of what batches drawn uniformly at random give."""
-    from clinfo_ray.data.augment import ViewAugmentation
-    from clinfo_ray.data.stream import StreamPlan
+    from clinfo_ray.data.read.augment import ViewAugmentation
+    from clinfo_ray.data.read.stream import StreamPlan
 
     data = _prepare(sorted_source, tmp_path / "ds", seed=0)
     plan = StreamPlan.build(data, augmentation=ViewAugmentation(size=8, views=1), seed=0)
@@ -151,7 +137,7 @@ def test_streamed_batches_of_a_sorted_source_mix_like_a_uniform_shuffle(
         b["label"].numpy() for epoch in range(1, 6) for b in plan.iter_epoch(epoch, batch_size=32)
     ]
     labels = np.array([r[C.LABEL] for r in _train_rows(data)])
-    streamed, uniform = _batch_mixing(batches), _batch_mixing(_uniform_batches(labels, 32))
+    streamed, uniform = batch_label_mixing(batches), batch_label_mixing(uniform_batches(labels, 32))
     assert len(batches) == 5 * (labels.size // 32)
     assert streamed[0] == pytest.approx(uniform[0], rel=0.10)
     assert streamed[1] == pytest.approx(uniform[1], rel=0.10)

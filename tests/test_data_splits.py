@@ -11,8 +11,8 @@ import pytest
 from clinfo_ray.config import ConfigError
 from clinfo_ray.config.sections import DataConfig
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.sources.source_table import hash_split
 from clinfo_ray.data.splits import val_mask
+from clinfo_ray.data.write.sources.source_table import hash_split
 
 IDS = [f"google/{i:05X}" for i in range(10_000)]
 

@@ -1,6 +1,7 @@
-"""The streamed training input: clusters, equal batches, a new order per epoch that repeats
-under the same seed, disjoint rank shares, dropped images, held-out rows, the worker-side
-augmentation, and a 2-worker Ray Train run."""
+"""The streamed training input: equal batches of index, label and views, a new order per epoch
+that repeats under the same seed, disjoint rank shares, dropped images, held-out rows, the
+worker-side augmentation, a 2-worker Ray Train run; and the clusters of each streamed index
+(clusters.assignment), read from a table apart from the stream."""
 
 from __future__ import annotations
 
@@ -14,52 +15,28 @@ import pytest
 import ray
 import torch
 
+from clinfo_ray.clusters.assignment import clusters_by_index, train_ids
+from clinfo_ray.clusters.table import ClusterTableError
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.stream import IMAGE_U8, DropCounter, StreamPlan
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.stream import IMAGE_U8, DropCounter, StreamPlan
 from clinfo_ray.distributed import until_any_rank_ends
-from tests.test_prepare_imagefolder import draw_shapes, write_csv
+from tests.datasets import SHAPES_TRAIN, train_split_with_undecodable_row
 
 pytestmark = pytest.mark.ray
 
 AUG = ViewAugmentation(size=16, views=2)
-N_GOOD = 40
+N_GOOD = SHAPES_TRAIN  # the train rows of the session's shapes dataset, all decodable
+STREAMED = {"views", "label", "index"}  # what a training batch carries: no cluster
 
 
 @pytest.fixture(scope="module")
-def shapes_dataset(ray_session, tmp_path_factory) -> Path:
-    """40 drawn shapes, all train, plus one row whose bytes are not an image (written by hand,
-    as if the file went bad after prepare)."""
-    root = tmp_path_factory.mktemp("shapes")
-    records = draw_shapes(root / "img", N_GOOD, size=24)
-    for r in records:
-        r["split"] = "train"
-    ann = root / "a.csv"
-    write_csv(ann, records)
-    text = ann.read_text().replace("path,tags,label", "path,tags,label,split")
-    lines = text.splitlines()
-    ann.write_text("\n".join([lines[0]] + [f"{ln},train" for ln in lines[1:]]) + "\n")
-    out = root / "ds"
-    prepare(PrepareConfig("imagefolder", str(out), images=str(root / "img"), annotations=str(ann)))
-    bad = pa.Table.from_pylist(
-        [
-            {
-                C.ID: "broken.png",
-                C.IMAGE: b"\x89PNG not really",
-                C.LABEL: None,
-                C.TAGS: [],
-                C.COARSE_LABEL: None,
-                C.SPLIT: C.TRAIN,
-            }
-        ],
-        schema=C.SCHEMA,
-    )
-    pq.write_table(bad, out / "train-999999.parquet")
-    manifest = json.loads((out / C.MANIFEST).read_text())
-    manifest["files"][C.TRAIN].append("train-999999.parquet")
-    (out / C.MANIFEST).write_text(json.dumps(manifest))
-    return out
+def shapes_dataset(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train split of the session's shapes dataset (the conftest fixture of this name), all
+    train, plus one row "broken.png" whose bytes are not an image: as if the file went bad
+    after prepare."""
+    out = tmp_path_factory.mktemp("stream") / "ds"
+    return train_split_with_undecodable_row(shapes_dataset, out)
 
 
 def sorted_ids(folder: Path) -> list[str]:
@@ -79,21 +56,32 @@ def indices(batches: list[dict[str, torch.Tensor]]) -> list[int]:
     return torch.cat([b["index"] for b in batches]).tolist()
 
 
+def write_clusters(path: Path, ids: list[str], clusters: list) -> str:
+    pq.write_table(pa.table({C.ID: ids, C.CLUSTER: clusters}), path)
+    return str(path)
+
+
 @pytest.mark.parametrize("cache", [False, True])
-def test_views_clusters_and_dropped_images(shapes_dataset, cache):
+def test_views_clusters_and_dropped_images(shapes_dataset, cache, tmp_path):
     ids = sorted_ids(shapes_dataset)
-    clusters = pa.table({C.ID: ids, C.CLUSTER: [len(i) % 3 for i in ids]})  # any id -> int
+    assert train_ids(shapes_dataset).to_pylist() == ids  # an image's index is its place here
+    # any id -> cluster (contiguous), written in an order of its own
+    want = {name: n % 3 for n, name in enumerate(sorted(ids, key=lambda i: i[::-1]))}
+    table = write_clusters(tmp_path / "t.parquet", list(want)[::-1], list(want.values())[::-1])
+    clusters = clusters_by_index(shapes_dataset, table)
+    assert clusters.dtype == np.int64 and clusters.shape == (len(ids),)
     drops = DropCounter.create()
-    plan = plan_of(shapes_dataset, clusters=clusters, drops=drops, cache=cache)
+    plan = plan_of(shapes_dataset, drops=drops, cache=cache)
     batches = epoch(plan)
     assert len(batches) == N_GOOD // 8  # the broken row is gone, every batch full
     b = batches[0]
+    assert set(b) == STREAMED
     assert b["views"].shape == (8, 2, 3, 16, 16) and b["views"].dtype == torch.float32
     assert 0.0 <= b["views"].min() and b["views"].max() <= 1.0
     assert sorted(indices(batches)) == [i for i, name in enumerate(ids) if name != "broken.png"]
     for x in batches:
-        want = [len(ids[i]) % 3 for i in x["index"].tolist()]
-        assert x["cluster"].tolist() == want
+        index = x["index"].tolist()
+        assert clusters[index].tolist() == [want[ids[i]] for i in index]
         assert x["label"].dtype == torch.int64 and set(x["label"].tolist()) <= {0, 1}
     assert drops.count() == 1
     assert drops.recent()[0][0] == "broken.png"
@@ -148,8 +136,9 @@ def test_decoded_images_and_worker_augmentation(shapes_dataset):
         epoch(plan)
     batches = epoch(plan, augmentation=AUG, device="cpu")
     assert len(batches) == N_GOOD // 8
+    assert clusters_by_index(shapes_dataset, None) is None  # instances: the index is the cluster
     for x in batches:
-        assert torch.equal(x["cluster"], x["index"])  # every image its own cluster
+        assert set(x) == STREAMED
         assert x["views"].shape == (8, 2, 3, 16, 16) and x["views"].dtype == torch.float32
         assert not torch.equal(x["views"][:, 0], x["views"][:, 1])
     block = next(iter(plan.dataset().iter_torch_batches(batch_size=None)))
@@ -164,14 +153,18 @@ def test_unshuffled_dataset_keeps_file_order(shapes_dataset):
     assert seen == [ids.index(i) for i in file_ids]
 
 
-def test_cluster_table_missing_ids_is_an_error(shapes_dataset):
-    ids = sorted_ids(shapes_dataset)[:-3]
-    table = pa.table({C.ID: ids, C.CLUSTER: [0] * len(ids)})
-    with pytest.raises(ValueError, match="3 image id"):
-        plan_of(shapes_dataset, clusters=table)
-    with pytest.raises(ValueError, match="cluster must be integer"):
-        bad = pa.table({C.ID: ids, C.CLUSTER: [0.5] * len(ids)})
-        plan_of(shapes_dataset, clusters=bad)
+def test_a_cluster_table_that_does_not_fit_is_an_error(shapes_dataset, tmp_path):
+    ids = sorted_ids(shapes_dataset)
+    short = write_clusters(tmp_path / "short.parquet", ids[:-3], [0] * (len(ids) - 3))
+    with pytest.raises(ClusterTableError) as err:
+        clusters_by_index(shapes_dataset, short)
+    assert "3 ids of the dataset are missing from the table, e.g. " in str(err.value)
+    assert any(repr(name) in str(err.value) for name in ids[-3:])  # one named as an example
+    bad = write_clusters(tmp_path / "bad.parquet", ids, [0.5] * len(ids))
+    with pytest.raises(ClusterTableError, match=r"non-integer cluster .* has 0\.5"):
+        clusters_by_index(shapes_dataset, bad)
+    with pytest.raises(FileNotFoundError, match="no cluster table"):
+        clusters_by_index(shapes_dataset, str(tmp_path / "absent.parquet"))
     with pytest.raises(ValueError, match="decode_size is needed"):
         plan_of(shapes_dataset, augmentation=None)
 
@@ -230,7 +223,7 @@ def test_stream_feeds_two_ray_train_workers(shapes_dataset, tmp_path):
 def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):
     """data.cache 'worker': the split read whole in file order into memory holds every good
     image once, in index order, with the pixels the stream decoded."""
-    from clinfo_ray.data.worker_cache import InMemorySplit
+    from clinfo_ray.data.read.worker_cache import InMemorySplit
 
     ds = plan_of(shapes_dataset, augmentation=None, decode_size=16).dataset()
     split = InMemorySplit.load(ds)

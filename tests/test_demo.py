@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clinfo_ray.commands.demo import METHODS, _row, format_table
 from clinfo_ray.config import apply_overrides, load_config
-from clinfo_ray.demo import METHODS, _row, format_table
 from clinfo_ray.training.launch import TrainOutcome
 
 REQUIRED = {"method", "num_clusters", "mutual_information_bits", "linear_top1", "knn_top1"}
 
 
 def test_methods_share_the_budget_and_differ_only_in_clusters() -> None:
-    base = load_config("configs/quickstart.yaml")
+    base = load_config("quickstart")
     cfgs = [apply_overrides(base, overrides) for _, overrides in METHODS]
     assert {c.cluster_method for c in cfgs} == {"tags-kmeans", "instance"}
     for a in cfgs[1:]:
@@ -25,7 +25,7 @@ def test_methods_share_the_budget_and_differ_only_in_clusters() -> None:
 
 
 def test_summary_rows_have_the_documented_keys_and_the_table_shows_them() -> None:
-    cfg = apply_overrides(load_config("configs/quickstart.yaml"), METHODS[0][1])
+    cfg = apply_overrides(load_config("quickstart"), METHODS[0][1])
     outcome = TrainOutcome(
         run_dir=Path("runs/demo/clinfonce"),
         checkpoint=Path("runs/demo/clinfonce/checkpoint_epoch0060"),

@@ -13,27 +13,19 @@ import torch
 from clinfo_ray.checkpointing import save_checkpoint
 from clinfo_ray.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
+from clinfo_ray.data.read.decode import decode_batch
 from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.model import ContrastiveModel, build_model
-from tests.test_prepare_imagefolder import draw_shapes, write_csv
+from tests.datasets import SHAPES_IMAGES
 
-pytestmark = pytest.mark.ray
-
-SIZE = 16  # the checkpoint's data.image_size; images are drawn at 24 px
+SIZE = 16  # the checkpoint's data.image_size; the images are larger
 
 
 @pytest.fixture(scope="module")
-def dataset(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """36 drawn shapes (3 colours x 2 shapes), split by a hash of the id into train and test."""
-    root = tmp_path_factory.mktemp("eval_shapes")
-    records = draw_shapes(root / "img", 36, size=24)
-    out = root / "ds"
-    ann = write_csv(root / "a.csv", records)
-    prepare(PrepareConfig("imagefolder", str(out), images=str(root / "img"), annotations=str(ann)))
-    return out
+def dataset(shapes_dataset: Path) -> Path:
+    """The session's shapes dataset: 2 shape labels, train and test."""
+    return shapes_dataset
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +62,8 @@ def test_features_equal_model_encode_on_the_decoded_images(dataset: Path, checkp
     from clinfo_ray.checkpointing import load_model_from_checkpoint
 
     model, _ = load_model_from_checkpoint(checkpoint)
-    parts = extract_split_features(checkpoint, dataset, batch_size=5, num_actors=2)
+    settings = EvalConfig(batch_size=5, num_actors=2, device="cpu")
+    parts = extract_split_features(checkpoint, dataset, settings=settings)
     assert set(parts) == set(C.SPLITS)
     for split in C.SPLITS:
         feats, labels, ids = parts[split]
@@ -88,7 +81,7 @@ def test_eval_command_writes_json_and_tensorboard(
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from clinfo_ray.cli import main
+    from clinfo_ray.commands.main import main
 
     out = tmp_path / "eval_out"
     argv = ["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--set", "eval.knn_k=3"]
@@ -98,7 +91,7 @@ def test_eval_command_writes_json_and_tensorboard(
     assert printed == saved
     assert saved["eval_config"]["knn_k"] == 3  # the override
     assert saved["eval_config"]["linear_epochs"] == 20  # the checkpoint's own eval section
-    assert saved["train_rows"] + saved["test_rows"] == 36 and saved["test_rows"] > 0
+    assert saved["train_rows"] + saved["test_rows"] == SHAPES_IMAGES and saved["test_rows"] > 0
     assert saved["num_classes"] == 2 and saved["feature_dim"] == 32 and saved["epoch"] == 3
     for key in ("linear_top1", "linear_top5", "knn_top1"):
         assert 0.0 <= saved[key] <= 1.0
@@ -113,7 +106,7 @@ def test_eval_command_writes_json_and_tensorboard(
 def test_eval_command_rejects_non_eval_overrides(
     checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from clinfo_ray.cli import main
+    from clinfo_ray.commands.main import main
 
     argv = ["eval", "--checkpoint", str(checkpoint), "--set", "optim.lr=0.1"]
     assert main(argv) == 2

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from clinfo_ray.devices import faiss_gpu_count
 from clinfo_ray.evaluation.knn import knn_predict, knn_top1
 
 
@@ -41,10 +45,10 @@ def test_matches_reference_on_overlapping_clusters(k: int, t: float) -> None:
     centres = rng.standard_normal((6, 16))
     train_x, train_y = planted(rng, 300, centres, noise=1.2)
     test_x, test_y = planted(rng, 200, centres, noise=1.2)
-    pred = knn_predict(train_x, train_y, test_x, k=k, temperature=t, use_gpu=False)
+    pred = knn_predict(train_x, train_y, test_x, k=k, temperature=t, device="cpu")
     want = reference_predict(train_x, train_y, test_x, k, t)
     assert np.array_equal(pred, want)
-    acc = knn_top1(train_x, train_y, test_x, test_y, k=k, temperature=t, use_gpu=False)
+    acc = knn_top1(train_x, train_y, test_x, test_y, k=k, temperature=t, device="cpu")
     assert acc == pytest.approx(np.mean(want == test_y))
     assert 0.3 < acc < 0.99  # the noise makes mistakes: a metric that could be wrong
 
@@ -54,20 +58,20 @@ def test_separated_clusters_score_one_and_random_labels_chance() -> None:
     centres = 10 * np.eye(8, 32)
     train_x, train_y = planted(rng, 400, centres, noise=0.3)
     test_x, test_y = planted(rng, 400, centres, noise=0.3)
-    assert knn_top1(train_x, train_y, test_x, test_y, use_gpu=False) == 1.0
+    assert knn_top1(train_x, train_y, test_x, test_y, device="cpu") == 1.0
     shuffled = rng.permutation(train_y)
-    assert knn_top1(train_x, shuffled, test_x, test_y, use_gpu=False) < 0.25  # chance: 1/8
+    assert knn_top1(train_x, shuffled, test_x, test_y, device="cpu") < 0.25  # chance: 1/8
 
 
 def test_k_larger_than_train_set_and_unlabelled_rows() -> None:
     train_x = np.array([[1, 0], [0.9, 0.1], [0, 1], [5, 5]], dtype=np.float32)
     train_y = np.array([0, 0, 1, -1])  # the unlabelled row never votes
     test_x = np.array([[1, 0.05], [0.05, 1], [1, 1]], dtype=np.float32)
-    pred = knn_predict(train_x, train_y, test_x, k=50, temperature=0.1, use_gpu=False)
+    pred = knn_predict(train_x, train_y, test_x, k=50, temperature=0.1, device="cpu")
     assert pred.tolist() == [0, 1, 0]  # [1, 1]: two class-0 votes beat one equally close vote
     want = reference_predict(train_x[:3], train_y[:3], test_x, 50, 0.1)
     assert pred.tolist() == want.tolist()
-    acc = knn_top1(train_x, train_y, test_x, np.array([0, 1, -1]), k=50, use_gpu=False)
+    acc = knn_top1(train_x, train_y, test_x, np.array([0, 1, -1]), k=50, device="cpu")
     assert acc == 1.0  # the unlabelled test row is not scored
 
 
@@ -76,7 +80,7 @@ def test_ties_go_to_the_most_similar_neighbour() -> None:
     train_x = np.array([[1, 0.2], [1, -0.2], [1, 0.1]], dtype=np.float32)
     train_y = np.array([3, 3, 1])
     test_x = np.array([[1, 0.1]], dtype=np.float32)
-    assert knn_predict(train_x, train_y, test_x, k=1, use_gpu=False).tolist() == [1]
+    assert knn_predict(train_x, train_y, test_x, k=1, device="cpu").tolist() == [1]
     dup_x = np.array([[1, 0], [1, 0]], dtype=np.float32)  # identical rows, different labels
     got = knn_predict(dup_x, np.array([4, 2]), np.array([[1, 0]], dtype=np.float32), k=2)
     assert got.tolist()[0] in (2, 4)
@@ -90,3 +94,21 @@ def test_bad_input_is_an_error() -> None:
         knn_predict(x, np.zeros(4, dtype=int), np.ones((2, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="labelled train"):
         knn_predict(x, -np.ones(4, dtype=int), x)
+
+
+def test_device_choice_reaches_faiss() -> None:
+    x = np.eye(4, dtype=np.float32)
+    y = np.arange(4)
+    assert knn_predict(x, y, x, k=1, device="cpu").tolist() == y.tolist()
+    if faiss_gpu_count() == 0:
+        with pytest.raises(RuntimeError, match="faiss sees no GPU"):
+            knn_predict(x, y, x, k=1, device="gpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        knn_predict(x, y, x, k=1, device="cuda")  # type: ignore[arg-type]
+
+
+def test_knn_does_not_import_the_clusters_package() -> None:
+    """evaluation sits beside clusters, not above it: the faiss device choice is in devices."""
+    code = "import sys, clinfo_ray.evaluation.knn; print('clinfo_ray.clusters' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -47,11 +47,11 @@ def _tiny_dataset(folder: Path, n: int = 12) -> Path:
 def test_plain_training_check_runs_and_reports(tmp_path: Path) -> None:
     data = _tiny_dataset(tmp_path / "ds")
     result = run(
-        "configs/gpu_resnet50.yaml",
+        "gpu_resnet50",
         [
             f"data.dataset_dir={data}",
             "loss.method=simclr",
-            "run.use_gpu=false",
+            "run.device=cpu",
             "data.augment_on=ray_data",
             "model.backbone=resnet18",
             "model.proj_hidden=64",

@@ -10,18 +10,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.sources.emoji import (
+from clinfo_ray.data.write.prepare import prepare
+from clinfo_ray.data.write.sources.emoji import (
     EMOJI_VERSION,
     OPENMOJI_SPEC,
     code_points,
     emoji_rows,
     read_openmoji_tags,
 )
-from clinfo_ray.data.sources.npm_cache import default_cache, fetch_package
-from clinfo_ray.data.sources.source_table import PrepareError
+from clinfo_ray.data.write.sources.npm_cache import default_cache, fetch_package
+from clinfo_ray.data.write.sources.source_table import PrepareError
 
 GOOGLE = f"emoji-datasource-google@{EMOJI_VERSION}"
 

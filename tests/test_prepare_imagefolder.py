@@ -7,43 +7,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw
 
+from clinfo_ray.commands.prepare import main as prepare_main
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest, split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.prepare_cli import main as prepare_main
-from clinfo_ray.data.sources.imagefolder import load_imagefolder
-from clinfo_ray.data.sources.source_table import PrepareError
-
-pytestmark = pytest.mark.ray
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-SHAPES = ("circle", "square")
-
-
-def draw_shapes(folder: Path, n: int, *, size: int = 40, fmt: str = "PNG") -> list[dict]:
-    """Draw ``n`` coloured shapes; return records {path, tags, label} that describe them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        colour = list(COLOURS)[i % 3]
-        shape = SHAPES[(i // 3) % 2]
-        img = Image.new("RGB", (size, size), (250, 250, 250))
-        draw = ImageDraw.Draw(img)
-        box = (5 + i % 5, 6, size - 6, size - 5 - i % 4)
-        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
-        name = f"img_{i:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
-        img.save(folder / name, format=fmt)
-        records.append({"path": name, "tags": [colour, shape], "label": shape})
-    return records
-
-
-def write_csv(path: Path, records: list[dict]) -> Path:
-    lines = ["path,tags,label"]
-    lines += [f"{r['path']},{'|'.join(r['tags'])},{r.get('label') or ''}" for r in records]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from clinfo_ray.data.write.prepare import prepare
+from clinfo_ray.data.write.sources.imagefolder import load_imagefolder
+from clinfo_ray.data.write.sources.source_table import PrepareError
+from tests.datasets import draw_shapes, write_csv
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.prepare import PrepareConfig, prepare
-from clinfo_ray.data.sources.source_table import PrepareError
-from tests.test_prepare_imagefolder import draw_shapes
+from clinfo_ray.data.write.prepare import prepare
+from clinfo_ray.data.write.sources.source_table import PrepareError
+from tests.datasets import draw_shapes
 
 pytestmark = pytest.mark.ray
 

@@ -11,49 +11,45 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from clinfo_ray.checkpointing import (
+    CLUSTERS_FILE,
     load_checkpoint,
     load_model_from_checkpoint,
     read_checkpoint_state,
 )
+from clinfo_ray.clusters.assignment import clusters_by_index
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides, load_config
 from clinfo_ray.config.loading import parse_set_overrides
-from clinfo_ray.data.prepare import PrepareConfig, prepare
+from clinfo_ray.data import columns as C
 from clinfo_ray.model import build_model
-from clinfo_ray.training.cluster_state import table_assignment
 from clinfo_ray.training.launch import check_before_ray, train, val_by_index
 from clinfo_ray.training.objective import TrainModule
 from clinfo_ray.training.worker import PID_DIR
-from tests.test_prepare_imagefolder import draw_shapes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parents[1] / "clinfo_ray" / "configs" / "quickstart.yaml"
 
 
 @pytest.fixture(scope="module")
-def shapes(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 train + 12 test drawn shapes, labelled by shape, tagged by colour and shape."""
-    root = tmp_path_factory.mktemp("train_shapes")
-    records = draw_shapes(root / "img", 60, size=20)
-    lines = ["path,tags,label,split"]
-    for i, r in enumerate(records):
-        split = "test" if i % 5 == 0 else "train"
-        lines.append(f"{r['path']},{'|'.join(r['tags'])},{r['label']},{split}")
-    (root / "a.csv").write_text("\n".join(lines) + "\n")
-    out = root / "ds"
-    prepare(
-        PrepareConfig(
-            "imagefolder", str(out), images=str(root / "img"), annotations=str(root / "a.csv")
-        )
-    )
-    return out
+def shapes(shapes_dataset: Path) -> Path:
+    """The session's shapes dataset: 48 train + 12 test drawn shapes, labelled by shape, tagged
+    by colour and shape."""
+    return shapes_dataset
+
+
+# loss methods whose clusters are fixed (clusters.method must be left out for them)
+FIXED_CLUSTERS = ("simclr", "supcon", "clinfonce-kmeans")
 
 
 def _config(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
+    """The quickstart, tiny; clinfonce and ce-clusters on the tag clusters (tags top-2)."""
+    method = next((e.split("=", 1)[1] for e in extra if e.startswith("loss.method=")), None)
+    tags = [] if method in FIXED_CLUSTERS else ["clusters.method=tags"]
     return load_config(
         QUICKSTART,
         [
@@ -61,7 +57,7 @@ def _config(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
             "data.image_size=16",
             "data.batch_size_per_worker=8",
             "model.cnn_width=8",
-            "clusters.method=tags",
+            *tags,
             "clusters.top_k=2",
             "optim.epochs=2",
             "optim.warmup_epochs=1",
@@ -89,7 +85,7 @@ def test_two_workers_train_log_and_checkpoint(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.chdir(shapes.parent)  # a relative dataset path, as a user types it
-    cfg = _config(Path(shapes.name), tmp_path, "smoke")
+    cfg = _config(Path(shapes.name), tmp_path, "smoke", "run.device=auto")
     outcome = train(cfg)
     assert outcome.metrics["epoch"] == 2.0
     assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
@@ -99,6 +95,7 @@ def test_two_workers_train_log_and_checkpoint(
 
     model, saved_cfg = load_model_from_checkpoint(outcome.checkpoint)
     assert saved_cfg.data.dataset_dir == str(shapes)  # resolved on the driver
+    assert saved_cfg.run.device == "cpu"  # auto, resolved: the test's Ray has no GPU
     assert saved_cfg.model == cfg.model and saved_cfg.optim == cfg.optim
     state = read_checkpoint_state(outcome.checkpoint)
     steps = check_before_ray(cfg)  # training rows (train less validation) // 16
@@ -140,6 +137,13 @@ def test_iterative_kmeans_rebuilds_clusters_and_keeps_version(shapes: Path, tmp_
     assert all(1 <= r["num_clusters"] <= 4 for r in rebuilds)
     assert (outcome.run_dir / "clusters" / "kmeans-v0002.parquet").is_file()
     assert read_checkpoint_state(outcome.checkpoint).cluster_table_version == 2
+    # the checkpoint holds the clusters the run trained on last: the published table's
+    state = json.loads((outcome.checkpoint / "state.json").read_text())
+    assert CLUSTERS_FILE in state["files"]
+    saved = torch.load(outcome.checkpoint / CLUSTERS_FILE, weights_only=True)
+    table = pq.read_table(outcome.run_dir / "clusters" / "kmeans-v0002.parquet").sort_by(C.ID)
+    assert saved["version"] == 2  # the table's rows in id order are the train split's indices
+    assert saved["assignment"].tolist() == table[C.CLUSTER].to_pylist()
     versions = [r["clusters/version"] for r in _records(outcome.run_dir, "epoch")]
     assert versions == [0.0, 1.0, 2.0]
 
@@ -179,7 +183,9 @@ def test_every_loss_method_trains_two_epochs_on_two_workers(
         assert outcome.cluster_stats["num_clusters"] == expected
     if method == "ce-clusters":  # the paper's baseline: starts near log K (K tag clusters)
         table = str(outcome.run_dir / "clusters" / "tags.parquet")
-        k = int(table_assignment(str(shapes), table).max()) + 1
+        assignment = clusters_by_index(str(shapes), table)
+        assert assignment is not None
+        k = int(assignment.max()) + 1
         inner = TrainModule(build_model(saved_cfg.model), k)
         load_checkpoint(outcome.checkpoint, model=inner.model, loss_module=inner.classifier)
         assert inner.classifier is not None and inner.classifier.num_clusters == k >= 2

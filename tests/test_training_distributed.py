@@ -1,7 +1,8 @@
 """Two gloo ranks on the CPU, no Ray: what the training worker does across ranks.
 
 - ce-clusters trains under DDP (its classifier runs inside the wrapped module's forward);
-- embeddings for k-means / kNN use rank 0's BatchNorm buffers on every rank;
+- embeddings for k-means / kNN use rank 0's BatchNorm buffers on every rank and gather to rank 0;
+- gather_to_rank0 gives rank 0 every rank's rows in rank order, the others None;
 - the logged loss is the mean over every rank's steps.
 """
 
@@ -22,8 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from clinfo_ray.config import ModelConfig, TrainConfig
-from clinfo_ray.data.stream import IMAGE_U8, INDEX
-from clinfo_ray.distributed import broadcast_buffers_from_rank0, mean_over_ranks
+from clinfo_ray.data.read.stream import IMAGE_U8, INDEX
+from clinfo_ray.distributed import broadcast_buffers_from_rank0, gather_to_rank0, mean_over_ranks
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training.embedding import embed_split
@@ -74,14 +75,36 @@ def _embeddings(rank_: int) -> dict[str, torch.Tensor]:
     model.eval()
     with torch.no_grad():  # every row embedded here, with this rank's buffers after embed_split
         out = model(images.float() / 255.0)
-    return {
+    local = {
         "buffers_before": before,
-        "index": torch.from_numpy(got.index),
-        "features": torch.from_numpy(got.features),
-        "projections": torch.from_numpy(got.projections),
+        "gathered": torch.tensor(got is not None),
         "local_features": out.features,
         "local_projections": F.normalize(out.projections, dim=-1),
     }
+    if got is None:
+        return local
+    return {
+        **local,
+        "index": torch.from_numpy(got.index),
+        "features": torch.from_numpy(got.features),
+        "projections": torch.from_numpy(got.projections),
+        "labels": torch.from_numpy(got.labels),
+    }
+
+
+# gather_to_rank0: rank r holds GATHER_ROWS[r] rows (rank 1 more, so rank 0's are padded)
+GATHER_ROWS = {0: 2, 1: 3}
+
+
+def _gather_rows(rank_: int) -> dict[str, torch.Tensor]:
+    rows = torch.arange(GATHER_ROWS[rank_] * 2, dtype=torch.float32).view(-1, 2) + 100 * rank_
+    empty = torch.empty(0, 2) if rank_ == 0 else rows  # a rank with no rows takes part too
+    out = {"rows": rows}
+    for name, x in (("all", gather_to_rank0(rows)), ("one_empty", gather_to_rank0(empty))):
+        out[f"{name}_is_none"] = torch.tensor(x is None)
+        if x is not None:
+            out[name] = x
+    return out
 
 
 def _ce_clusters_steps(rank_: int) -> dict[str, torch.Tensor]:
@@ -118,6 +141,7 @@ def _ce_clusters_steps(rank_: int) -> dict[str, torch.Tensor]:
 
 SCENARIOS: dict[str, Callable[[int], dict[str, torch.Tensor]]] = {
     "embed": _embeddings,
+    "gather": _gather_rows,
     "mean": lambda r: {"loss": torch.tensor(mean_over_ranks(LOSSES[r], torch.device("cpu")))},
     "ce": _ce_clusters_steps,
 }
@@ -146,12 +170,25 @@ def test_embeddings_use_rank0_batchnorm_buffers_on_every_rank(tmp_path: Path) ->
     first, second = _on_two_ranks("embed", tmp_path)
     # the ranks really did hold different running statistics before embedding
     assert not torch.allclose(first["buffers_before"], second["buffers_before"])
+    # the whole split on rank 0 only, in index order
+    assert bool(first["gathered"]) and not bool(second["gathered"])
+    assert "features" not in second
     assert first["index"].tolist() == list(range(len(_images())))
-    for got in (first, second):  # rank 1 embedded the odd rows: with rank 0's statistics
-        torch.testing.assert_close(got["features"], first["local_features"])
-        torch.testing.assert_close(got["projections"], first["local_projections"])
+    assert first["labels"].tolist() == [i % 2 for i in range(len(_images()))]
+    # rank 1 embedded the odd rows: with rank 0's statistics
+    torch.testing.assert_close(first["features"], first["local_features"])
+    torch.testing.assert_close(first["projections"], first["local_projections"])
     # and afterwards rank 1's own model is rank 0's
     torch.testing.assert_close(second["local_features"], first["local_features"])
+
+
+def test_gather_to_rank0_gives_rank0_every_row_in_rank_order(tmp_path: Path) -> None:
+    first, second = _on_two_ranks("gather", tmp_path)
+    assert not bool(first["all_is_none"]) and not bool(first["one_empty_is_none"])
+    assert bool(second["all_is_none"]) and bool(second["one_empty_is_none"])
+    assert "all" not in second and "one_empty" not in second
+    assert torch.equal(first["all"], torch.cat([first["rows"], second["rows"]]))
+    assert torch.equal(first["one_empty"], second["rows"])
 
 
 def test_mean_over_ranks_weighs_every_step_of_every_rank(tmp_path: Path) -> None:
@@ -186,3 +223,5 @@ def test_helpers_at_world_size_one() -> None:
     assert torch.equal(model.running_mean, before)
     assert mean_over_ranks([1.0, 2.0, 4.0], torch.device("cpu")) == pytest.approx(7 / 3)
     assert math.isnan(mean_over_ranks([], torch.device("cpu")))
+    rows = torch.randn(3, 2)
+    assert gather_to_rank0(rows) is rows

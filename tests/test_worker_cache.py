@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 
-from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.stream import IMAGE_U8
+from clinfo_ray.data.read.worker_cache import InMemorySplit
 from clinfo_ray.data.seeding import mixed_seed
-from clinfo_ray.data.stream import IMAGE_U8
-from clinfo_ray.data.worker_cache import InMemorySplit
 
 AUG = ViewAugmentation(size=8, views=2)
 N = 50
@@ -27,7 +27,6 @@ def _batches_in_stream_order(n: int = N, size: int = 8) -> list[dict[str, torch.
         {
             IMAGE_U8: images[a:b],
             "index": order[a:b],
-            "cluster": order[a:b] % 4,
             "label": torch.where(order[a:b] % 5 == 0, -1, order[a:b] % 3),
         }
         for a, b in itertools.pairwise(cuts)
@@ -43,7 +42,7 @@ def test_rows_are_sorted_by_index_and_stay_together() -> None:
     assert len(split) == N and split.nbytes == N * 3 * 8 * 8
     assert split.index.tolist() == list(range(N))
     assert torch.equal(split.images[:, 0, 0, 0].long(), split.index)
-    assert torch.equal(split.cluster, split.index % 4)
+    assert torch.equal(split.label, torch.where(split.index % 5 == 0, -1, split.index % 3))
     assert split.label[0] == -1 and split.label[1] == 1
 
 
@@ -94,8 +93,9 @@ def test_batches_carry_the_rows_and_their_views() -> None:
     for b in _epoch(split, epoch=2, world=2, batch=5)[1]:
         assert b["views"].shape == (5, 2, 3, 8, 8) and b["views"].dtype == torch.float32
         # every pixel of image i is i / 255 before colour jitter; a crop keeps it constant, so
-        # the grey level identifies the image up to the jitter: check cluster and label instead
-        assert torch.equal(b["cluster"], b["index"] % 4)
+        # the grey level identifies the image up to the jitter: check the label instead; the
+        # batch carries no cluster (the worker maps index -> cluster through its clusters)
+        assert set(b) == {"views", "index", "label"}
         assert torch.equal(b["label"], split.label[b["index"]])
         assert 0.0 <= float(b["views"].min()) and float(b["views"].max()) <= 1.0
 

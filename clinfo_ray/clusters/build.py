@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,48 +24,9 @@ from .table import clusters_for, read_table, validate_table, with_singletons, wr
 
 log = logging.getLogger(__name__)
 
-# Methods that need only the dataset's metadata columns; `kmeans` clusters the embeddings of a
-# trained checkpoint, computed by the caller (clusters/cli.py runs the Ray Data inference pass).
-METADATA_METHODS = ("tags", "tags-kmeans", "hierarchy", "labels", "instance")
+# Methods that cluster the embeddings of a trained checkpoint, computed by the caller
+# (commands/clusters.py runs the Ray Data inference pass); the others read metadata columns only.
 EMBEDDING_METHODS = ("kmeans",)
-INIT_CHOICES = ("afk-mc2", "random", "k-means++")  # kmeans.INIT_METHODS, without importing faiss
-GPU_CHOICES: dict[str, bool | str] = {"auto": "auto", "yes": True, "no": False}
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Knobs of the table builders that ClustersConfig does not hold (yet).
-
-    tags_include / tags_exclude: restrict the tag vocabulary (`tags`, `tags-kmeans`); an empty
-        include list means every tag.
-    seed, init: faiss k-means seeding (`tags-kmeans`, `kmeans`); init one of INIT_CHOICES.
-    use_gpu: faiss on the GPU: "auto" (when faiss has GPU support and a GPU is present), "yes"
-        or "no".
-    max_dense_bytes / projection_dim: `tags-kmeans` builds a dense float32 TF-IDF matrix up to
-        max_dense_bytes, and a random projection to projection_dim dimensions beyond it.
-    """
-
-    tags_include: tuple[str, ...] = ()
-    tags_exclude: tuple[str, ...] = ()
-    seed: int = 0
-    init: str = "afk-mc2"
-    use_gpu: str = "auto"
-    max_dense_bytes: int = 1 << 30
-    projection_dim: int = 256
-
-    def __post_init__(self) -> None:
-        if self.init not in INIT_CHOICES:
-            raise ValueError(f"init must be one of {', '.join(INIT_CHOICES)}; got {self.init!r}")
-        if self.use_gpu not in GPU_CHOICES:
-            raise ValueError(f"use_gpu must be one of auto, yes, no; got {self.use_gpu!r}")
-        for name in ("max_dense_bytes", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        both = sorted(set(self.tags_include) & set(self.tags_exclude))
-        if both:
-            raise ValueError(f"tag {both[0]!r} is both included and excluded")
-
-
 # The statistics are always against the downstream label, over the train split.
 STATS_COLUMNS = (C.ID, C.LABEL, C.SPLIT)
 
@@ -78,28 +38,31 @@ def stats_path(table_path: str | Path) -> Path:
 
 def metadata_columns(config: ClustersConfig) -> list[str]:
     """The dataset columns a method reads (never the image bytes)."""
-    extra = {"tags": [C.TAGS], "tags-kmeans": [C.TAGS], "hierarchy": [C.HIERARCHY]}
+    extra: dict[str | None, list[str]] = {
+        "tags": [C.TAGS],
+        "tags-kmeans": [C.TAGS],
+        "hierarchy": [C.HIERARCHY],
+    }
     return list(dict.fromkeys([*STATS_COLUMNS, *extra.get(config.method, [])]))
 
 
 def assign_clusters(
-    config: ClustersConfig,
-    metadata: pa.Table,
-    options: BuildOptions = BuildOptions(),
-    embeddings: Embeddings | None = None,
+    config: ClustersConfig, metadata: pa.Table, embeddings: Embeddings | None = None
 ) -> tuple[np.ndarray, dict]:
     """(n,) int64 clusters 0..K-1 for the rows of `metadata`, and what the method chose.
 
+    `config.method` says how (it must be set: a run resolves it with TrainConfig.run_clusters);
     `metadata` holds the columns `metadata_columns(config)` names; `embeddings` (by image id)
     are what the `kmeans` method clusters, and only it. Rows that carry nothing to group them by
     (no label, no tag, too short an ancestor list) are singletons; the details count them.
     """
+    _require_method(config)
     if config.method in EMBEDDING_METHODS:
         if embeddings is None:
             raise ValueError(
                 f"method {config.method!r} clusters a checkpoint's embeddings: give --checkpoint"
             )
-        return kmeans_of_embeddings(config, metadata, options, embeddings)
+        return kmeans_of_embeddings(config, metadata, embeddings)
     if embeddings is not None:
         raise ValueError(f"method {config.method!r} does not use embeddings")
     if config.method == "instance":
@@ -112,7 +75,7 @@ def assign_clusters(
         details = {"column": C.HIERARCHY, "level": config.hierarchy_level, "singleton_rows": alone}
         return clusters, details
     presence = tag_presence(
-        metadata[C.TAGS], train_mask(metadata), options.tags_include, options.tags_exclude
+        metadata[C.TAGS], train_mask(metadata), config.tags_include, config.tags_exclude
     )
     untagged = int((~presence.has_tags).sum())
     if config.method == "tags":
@@ -121,17 +84,7 @@ def assign_clusters(
         none_of_k = presence.num_rows - np.unique(presence.rows[has_chosen]).size
         # the paper's all-zero cluster: rows with none of the k tags, the untagged ones included
         return clusters, _tag_details(presence, untagged, 0, tags=chosen, all_zero_rows=none_of_k)
-    clusters = tags_kmeans_clusters(
-        presence,
-        config.k,
-        niter=config.niter,
-        nredo=config.nredo,
-        seed=options.seed,
-        init=options.init,
-        use_gpu=GPU_CHOICES[options.use_gpu],
-        max_dense_bytes=options.max_dense_bytes,
-        projection_dim=options.projection_dim,
-    )
+    clusters = tags_kmeans_clusters(presence, config)
     return clusters, _tag_details(presence, untagged, untagged)  # untagged: singletons
 
 
@@ -149,20 +102,12 @@ def _tag_details(
 
 
 def kmeans_of_embeddings(
-    config: ClustersConfig, metadata: pa.Table, options: BuildOptions, embeddings: Embeddings
+    config: ClustersConfig, metadata: pa.Table, embeddings: Embeddings
 ) -> tuple[np.ndarray, dict]:
     """Spherical k-means of the train rows' embeddings; every row to its nearest centroid."""
     vectors, has = align_embeddings(embeddings, metadata[C.ID])  # (n, D), (n,)
     clusters, details = embedding_kmeans_clusters(
-        vectors,
-        has,
-        train_mask(metadata),
-        config.k,
-        niter=config.niter,
-        nredo=config.nredo,
-        seed=options.seed,
-        init=options.init,
-        use_gpu=GPU_CHOICES[options.use_gpu],
+        vectors, has, train_mask(metadata), config.k, config.kmeans
     )
     return clusters, {**details, "embeddings": embeddings.source}
 
@@ -187,15 +132,16 @@ def build_clusters(
     config: ClustersConfig,
     data_dir: str | Path,
     out: str | Path,
-    options: BuildOptions = BuildOptions(),
     embeddings: Embeddings | None = None,
 ) -> dict:
     """Write the assignment table to `out` and its statistics to FILE.stats.json; return them.
 
-    `embeddings`: the image vectors the `kmeans` method clusters (see `assign_clusters`).
+    Everything comes from `config` (`config.method` set, see `assign_clusters`); `embeddings`:
+    the image vectors the `kmeans` method clusters. The record keeps the config as a plain dict.
     """
+    _require_method(config)
     metadata = read_metadata(data_dir, metadata_columns(config))
-    clusters, details = assign_clusters(config, metadata, options, embeddings)
+    clusters, details = assign_clusters(config, metadata, embeddings)
     table = pa.table({C.ID: metadata[C.ID], C.CLUSTER: clusters})
     validate_table(table, metadata[C.ID])  # the dataset itself may break the contract
     write_table(out, metadata[C.ID], clusters)
@@ -205,7 +151,6 @@ def build_clusters(
         "method": config.method,
         "details": details,
         "config": dataclasses.asdict(config),
-        "options": dataclasses.asdict(options),
         "data": str(data_dir),
     }
     _write_json(stats_path(out), record)
@@ -217,6 +162,14 @@ def statistics_of_table(table_path: str | Path, data_dir: str | Path) -> dict:
     metadata = read_metadata(data_dir, STATS_COLUMNS)
     table = validate_table(read_table(table_path), metadata[C.ID])
     return table_statistics(table, metadata)
+
+
+def _require_method(config: ClustersConfig) -> None:
+    if config.method is None:
+        raise ValueError(
+            "clusters.method is not set: name one (a training run resolves it from loss.method, "
+            "TrainConfig.run_clusters)"
+        )
 
 
 def _write_json(path: Path, record: dict) -> None:

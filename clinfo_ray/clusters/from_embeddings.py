@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from clinfo_ray.config import KMeansSettings
+
 from .kmeans import fit_and_assign
 from .table import contiguous
 
@@ -69,19 +71,15 @@ def embedding_kmeans_clusters(
     has: np.ndarray,
     train: np.ndarray,
     k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    init: str = "afk-mc2",
-    use_gpu: bool | str = "auto",
+    settings: KMeansSettings,
 ) -> tuple[np.ndarray, dict]:
     """(n,) int64 clusters 0..K-1 with K <= k (+ singletons), and what was done.
 
     vectors: (n, D) float32, L2-normalised; has: (n,) bool, rows with an embedding; train: (n,)
-    bool. Spherical k-means on the embedded train rows, nearest centroid (inner product) for
-    every embedded row, empty clusters dropped. A row without an embedding is its own singleton
-    cluster, numbered after the k-means ones: nothing says which other rows it belongs with.
+    bool; settings: how k-means runs (clusters.kmeans). Spherical k-means on the embedded train
+    rows, nearest centroid (inner product) for every embedded row, empty clusters dropped. A row
+    without an embedding is its own singleton cluster, numbered after the k-means ones: nothing
+    says which other rows it belongs with.
     """
     fit = has & train
     if not 1 <= k <= int(fit.sum()):
@@ -90,9 +88,7 @@ def embedding_kmeans_clusters(
             f"({int(fit.sum())})"
         )
     codes = np.empty(len(vectors), dtype=np.int64)
-    assigned = fit_and_assign(
-        vectors, fit, has, k, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu, init=init
-    )
+    assigned = fit_and_assign(vectors, fit, has, k, settings)
     codes[has] = contiguous(assigned)
     missing = int((~has).sum())
     if missing:

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clinfo_ray.config import ClustersConfig
+
 from .kmeans import fit_and_assign
 from .table import contiguous, with_singletons
 
@@ -170,34 +172,27 @@ def tfidf_vectors(
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def tags_kmeans_clusters(
-    presence: TagPresence,
-    k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    init: str = "afk-mc2",
-    use_gpu: bool | str = "auto",
-    max_dense_bytes: int = 1 << 30,
-    projection_dim: int = 256,
-) -> np.ndarray:
-    """Spherical k-means of the TF-IDF vectors: fit on the train rows, assign every row to its
-    nearest centroid. Rows without a vocabulary tag (``~presence.has_tags``: their TF-IDF
-    vector is zero, so no centroid is nearer than another) are singletons after the k clusters.
-    (n,) int64, ids 0..K-1."""
+def tags_kmeans_clusters(presence: TagPresence, config: ClustersConfig) -> np.ndarray:
+    """Spherical k-means of the TF-IDF vectors into ``config.k`` clusters (``config.kmeans``;
+    its seed also draws the projection, ``config.tfidf_*``): fit on the train rows, assign every
+    row to its nearest centroid. Rows without a vocabulary tag (``~presence.has_tags``: their
+    TF-IDF vector is zero, so no centroid is nearer than another) are singletons after the k
+    clusters. (n,) int64, ids 0..K-1."""
     x = tfidf_vectors(
-        presence, max_dense_bytes=max_dense_bytes, projection_dim=projection_dim, seed=seed
+        presence,
+        max_dense_bytes=config.tfidf_max_dense_bytes,
+        projection_dim=config.tfidf_projection_dim,
+        seed=config.kmeans.seed_value,
     )
     has_tags = presence.has_tags
     fit_rows = np.flatnonzero(has_tags & presence.train)
-    if k > fit_rows.size:
-        raise ValueError(f"--k {k} is larger than the number of tagged train rows, {fit_rows.size}")
+    if config.k > fit_rows.size:
+        raise ValueError(
+            f"--k {config.k} is larger than the number of tagged train rows, {fit_rows.size}"
+        )
     clusters = np.zeros(presence.num_rows, dtype=np.int64)
     tagged = np.flatnonzero(has_tags)
-    clusters[tagged] = fit_and_assign(
-        x, fit_rows, tagged, k, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu, init=init
-    )
+    clusters[tagged] = fit_and_assign(x, fit_rows, tagged, config.k, config.kmeans)
     return with_singletons(clusters, ~has_tags)
 
 

@@ -1,4 +1,5 @@
-"""faiss k-means: on a faiss GPU index when faiss has GPU support and a GPU is present."""
+"""faiss k-means, configured by one KMeansSettings (clusters.kmeans): on a faiss GPU index
+when its device asks for one (clinfo_ray.devices.faiss_uses_gpu)."""
 
 from __future__ import annotations
 
@@ -8,70 +9,44 @@ import math
 import faiss
 import numpy as np
 
+from clinfo_ray.config.sections import KMeansInit, KMeansSettings
+from clinfo_ray.devices import faiss_uses_gpu
+
 log = logging.getLogger(__name__)
 
 # Centroid initialisation. faiss's default, "random" (k sampled points), falls into local minima
 # whenever two seeds land in one true cluster (almost always for a few well-separated ones: see
 # tests/test_clusters_kmeans.py). AFK-MC2 approximates k-means++ seeding at about random's cost
 # (100k x 64 into 1,000 on 2 cores: +0.2 s, where exact k-means++ took +21 s).
-INIT_METHODS = {
+# Keys: the names of config.sections.KMeansInit (every one; tests check), values: faiss's enum.
+INIT_METHODS: dict[KMeansInit, str] = {
     "random": "ClusteringInitMethod_RANDOM",
     "afk-mc2": "ClusteringInitMethod_AFK_MC2",
     "k-means++": "ClusteringInitMethod_KMEANS_PLUS_PLUS",
 }
 
 
-def faiss_gpu_count() -> int:
-    """GPUs faiss can use: 0 with the faiss-cpu wheel (no `get_num_gpus` or it says 0)."""
-    get_num_gpus = getattr(faiss, "get_num_gpus", None)
-    return int(get_num_gpus()) if get_num_gpus is not None else 0
-
-
-def resolve_gpu(use_gpu: bool | str) -> bool:
-    """True / False as asked; "auto" means "when faiss sees a GPU". Asking for one without one
-    is an error rather than a silent CPU run."""
-    if use_gpu == "auto":
-        return faiss_gpu_count() > 0
-    if use_gpu is True:
-        if faiss_gpu_count() == 0:
-            raise RuntimeError(
-                "k-means on the GPU was asked for, but faiss sees no GPU (faiss-cpu installed, "
-                "or no CUDA device); install faiss-gpu or pass use_gpu='auto'"
-            )
-        return True
-    if use_gpu is False:
-        return False
-    raise ValueError(f"use_gpu must be True, False or 'auto', got {use_gpu!r}")
-
-
 def fit_kmeans(
-    x: np.ndarray,
-    k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    spherical: bool = False,
-    use_gpu: bool | str = "auto",
-    init: str = "afk-mc2",
+    x: np.ndarray, k: int, settings: KMeansSettings, *, spherical: bool = False
 ) -> faiss.Kmeans:
     """Train faiss k-means on every row of x (no subsampling) and return the trained object.
 
-    `iteration_stats` of the result holds faiss's per-iteration timings (the benchmark reads
-    them). spherical=True normalises the centroids after each step and assigns by inner product:
-    pass L2-normalised rows for cosine k-means.
+    x: (n, d) float. ``settings``: iterations, restarts, seeding, seed (``seed_value``) and
+    device. `iteration_stats` of the result holds faiss's per-iteration timings (the benchmark
+    reads them). spherical=True normalises the centroids after each step and assigns by inner
+    product: pass L2-normalised rows for cosine k-means.
     """
     x = _as_matrix(x)
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= number of vectors, got k={k} for {n} vectors")
-    gpu = resolve_gpu(use_gpu)
+    gpu = faiss_uses_gpu(settings.device)
     km = faiss.Kmeans(
         d,
         k,
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
+        niter=settings.niter,
+        nredo=settings.nredo,
+        seed=settings.seed_value,
         spherical=spherical,
         verbose=False,
         # faiss subsamples to 256 points per centroid by default; cluster every point instead.
@@ -79,22 +54,15 @@ def fit_kmeans(
         # and it only warns below 39 points per centroid: small data is the caller's choice.
         min_points_per_centroid=1,
         gpu=gpu,
-        **_init_parameters(init),
+        **_init_parameters(settings.init),
     )
-    log.debug("faiss k-means: n=%d d=%d k=%d niter=%d gpu=%s", n, d, k, niter, gpu)
+    log.debug("faiss k-means: n=%d d=%d k=%d niter=%d gpu=%s", n, d, k, settings.niter, gpu)
     km.train(x)
     return km
 
 
 def kmeans(
-    x: np.ndarray,
-    k: int,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    spherical: bool = False,
-    use_gpu: bool | str = "auto",
-    init: str = "afk-mc2",
+    x: np.ndarray, k: int, settings: KMeansSettings, *, spherical: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the rows of x: (assignments (n,) int64 in 0..k-1, centroids (k, d) float32).
 
@@ -102,9 +70,7 @@ def kmeans(
     nearest-centroid pass over all rows; some of the k clusters may be empty.
     """
     x = _as_matrix(x)
-    km = fit_kmeans(
-        x, k, niter=niter, nredo=nredo, seed=seed, spherical=spherical, use_gpu=use_gpu, init=init
-    )
+    km = fit_kmeans(x, k, settings, spherical=spherical)
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)  # (k, d)
     return nearest_centroid(x, centroids, spherical=spherical), centroids
 
@@ -114,25 +80,11 @@ def fit_and_assign(
     fit_rows: np.ndarray,
     assign_rows: np.ndarray,
     k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 1,
-    seed: int = 0,
-    use_gpu: bool | str = "auto",
-    init: str = "afk-mc2",
+    settings: KMeansSettings,
 ) -> np.ndarray:
     """Spherical k-means fitted on ``x[fit_rows]`` (the train rows, say); the nearest centroid
     (inner product) of each row of ``x[assign_rows]``: (len(assign_rows),) int64 in 0..k-1."""
-    _, centroids = kmeans(
-        x[fit_rows],
-        k,
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
-        spherical=True,
-        use_gpu=use_gpu,
-        init=init,
-    )  # (k, D)
+    _, centroids = kmeans(x[fit_rows], k, settings, spherical=True)  # (k, D)
     return nearest_centroid(x[assign_rows], centroids, spherical=True)
 
 
@@ -150,9 +102,8 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray, *, spherical: bool) -
     return nearest[:, 0].astype(np.int64)
 
 
-def _init_parameters(init: str) -> dict[str, int]:
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {', '.join(INIT_METHODS)}, got {init!r}")
+def _init_parameters(init: KMeansInit) -> dict[str, int]:
+    """faiss.Kmeans' seeding keyword (``init`` is checked by KMeansSettings)."""
     method = getattr(faiss, INIT_METHODS[init], None)
     if method is None:  # faiss < 1.12 has only random seeding
         if init != "random":

@@ -1,4 +1,9 @@
-"""Load a TrainConfig from YAML with ``--set dotted.key=value`` overrides."""
+"""Load a command's config from YAML with ``--set dotted.key=value`` overrides.
+
+Every error is one line naming the dotted key, or the file and line (a YAML syntax error too).
+A config may be given as a path or as the name of a config shipped with the package
+(``quickstart``, ``gpu_resnet50``: ``clinfo_ray/configs/NAME.yaml``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from typing import Any
 import yaml
 
 from clinfo_ray.config.sections import ConfigError
-from clinfo_ray.config.train_config import _SECTIONS, TrainConfig, _set_leaf
+from clinfo_ray.config.train_config import TrainConfig, _Root, set_leaf
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -29,55 +36,121 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _is_text_field(key: str) -> bool:
-    section, _, name = key.partition(".")
-    if section not in _SECTIONS:
-        return False
-    tp = typing.get_type_hints(_SECTIONS[section]).get(name)
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: the path itself when it exists, else a bundled config of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_DIR / f"{name_or_path}.yaml"
+    if "/" not in str(name_or_path) and bundled.is_file():
+        return bundled
+    raise ConfigError(
+        f"no config file {str(name_or_path)!r} (bundled configs: {', '.join(bundled_configs())})"
+    )
+
+
+def _is_text(tp: Any) -> bool:
     return tp is str or (typing.get_origin(tp) is types.UnionType and str in typing.get_args(tp))
 
 
-def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["optim.lr=0.3", "run.name=x"]`` -> ``{"optim.lr": 0.3, ...}``; values are YAML scalars."""
+def parse_set_overrides(items: Sequence[str], root: type[_Root] = TrainConfig) -> dict[str, Any]:
+    """``["optim.lr=0.3", "run.name=x"]`` -> ``{"optim.lr": 0.3, ...}``; values are YAML scalars
+    (a list field also takes a YAML list, or one comma-separated string)."""
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value", key=key)
-        value = yaml.load(text, Loader=_YamlLoader) if text.strip() else None
-        if isinstance(value, list | dict):
+        tp = root.field_type(key)  # an unknown key fails here, naming it
+        try:
+            value = yaml.load(text, Loader=_YamlLoader) if text.strip() else None
+        except yaml.YAMLError:
+            value = text.strip()  # not a YAML scalar: the text itself (the type check decides)
+        is_list = typing.get_origin(tp) is tuple
+        if isinstance(value, dict) or (isinstance(value, list) and not is_list):
             raise ConfigError(f"--set {key}: expected a scalar value; got {text!r}", key=key)
-        if value is not None and not isinstance(value, str) and _is_text_field(key):
+        if value is not None and not isinstance(value, str | list) and _is_text(tp):
             value = text.strip()  # run.name=2024 is the name "2024", not the int 2024
         overrides[key] = value
     return overrides
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return ConfigError(f"{where}: not valid YAML: {what}")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """1-based line of a dotted key in a YAML text (None when it is not written there)."""
+    try:
+        node = yaml.compose(text, Loader=_YamlLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        for name, value in node.value:
+            if name.value == part:
+                line, node = name.start_mark.line + 1, value
+                break
+        else:
+            return line
+    return line
+
+
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), root: type[_Root] = TrainConfig
+) -> Any:
     """Read a YAML config and apply ``--set dotted.key=value`` overrides, checking everything.
 
-    Errors name the dotted key, the bad value, and where it came from (the file or --set).
-    """
-    path = Path(path)
+    Errors name the dotted key, the bad value, and where it came from (the file and line, or
+    --set)."""
+    path = config_path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+        text = path.read_text()
+        raw = yaml.load(text, Loader=_YamlLoader) or {}
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise _yaml_error(path, err) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections; got {type(raw).__name__}")
-    parsed = parse_set_overrides(overrides)
+    parsed = parse_set_overrides(overrides, root)
     for key, value in parsed.items():
-        _set_leaf(raw, key, value, "--set")
+        set_leaf(root, raw, key, value, "--set")
     try:
-        return TrainConfig.from_dict(raw, str(path))
+        return root.from_dict(raw, "the config")
     except ConfigError as err:
         if err.key in parsed:
             where = f"from --set {err.key}={parsed[err.key]!r}"
-        elif str(path) in str(err):
-            raise
         else:
-            where = f"in {path}" + (" with the --set overrides" if parsed else "")
+            line = _line_of(text, err.key) if err.key else None
+            where = f"in {path}" + (f" line {line}" if line else "")
+            if parsed:
+                where += " with the --set overrides"
         raise ConfigError(f"{err} ({where})", key=err.key) from None
+
+
+def load_or_default(
+    path: str | Path | None, overrides: Sequence[str] = (), root: type[_Root] = TrainConfig
+) -> Any:
+    """:func:`load_config`, or the root's defaults with the overrides when no file is given."""
+    if path is not None:
+        return load_config(path, overrides, root)
+    parsed = parse_set_overrides(overrides, root)
+    raw: dict[str, Any] = {}
+    for key, value in parsed.items():
+        set_leaf(root, raw, key, value, "--set")
+    try:
+        return root.from_dict(raw, "--set")
+    except ConfigError as err:
+        source = f"--set {err.key}={parsed[err.key]!r}" if err.key in parsed else "--set"
+        raise ConfigError(f"{err} (from {source})", key=err.key) from None

@@ -9,13 +9,18 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 BackboneName = Literal["small_cnn", "resnet18", "resnet50"]
 ClusterMethod = Literal["tags", "tags-kmeans", "hierarchy", "labels", "instance", "kmeans"]
 LossMethod = Literal["simclr", "clinfonce", "clinfonce-kmeans", "supcon", "ce-clusters"]
+# Where a stage runs: "auto" is the GPU when there is one (faiss: when faiss sees one; Ray: when
+# the cluster offers one), else the CPU. One spelling for every stage.
+Device = Literal["auto", "cpu", "gpu"]
+KMeansInit = Literal["afk-mc2", "random", "k-means++"]
+SourceName = Literal["emoji", "imagefolder", "cub200", "ut-zappos50k", "fashion-mnist", "mnist"]
 
 # data.decode_size when not given: this many times image_size (capped by the source's size).
 DECODE_MULTIPLE = 2
@@ -40,7 +45,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
-    """``value`` if it has type ``tp`` (ints widen to float), else ConfigError naming ``key``."""
+    """``value`` if it has type ``tp`` (ints widen to float, lists become tuples, a mapping
+    becomes the nested section it describes), else ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -54,6 +60,18 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
     elif origin is Literal:
         if isinstance(value, str) and value in typing.get_args(tp):
             return value
+    elif origin is tuple:  # tuple[str, ...]: a YAML list, or one comma-separated string
+        item = typing.get_args(tp)[0]
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            if all(isinstance(v, item) for v in value):
+                return tuple(value)
+    elif isinstance(tp, type) and issubclass(tp, _Section):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return tp.from_mapping(value, "the config")
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -66,7 +84,11 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
 
 
 class _Section:
-    """Base of the stage dataclasses: generic type checks, then the section's own range checks."""
+    """Base of the stage dataclasses: generic type checks, then the section's own range checks.
+
+    ``SECTION`` is the dotted key of the section (``clusters``, ``clusters.kmeans``); a field
+    whose type is another section nests it (YAML: a mapping, ``--set``: a longer dotted key).
+    """
 
     SECTION: ClassVar[str] = ""
 
@@ -74,8 +96,24 @@ class _Section:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = _check_value(self._key(f.name), getattr(self, f.name), hints[f.name])
-            object.__setattr__(self, f.name, value)  # only normalises int -> float
+            object.__setattr__(self, f.name, value)  # only normalises int -> float, list -> tuple
         self._validate()
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], source: str = "config") -> Any:
+        """The section from a mapping of its fields; an unknown key fails, naming it."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"{cls.SECTION}: expected a mapping in {source}; got {raw!r}", key=cls.SECTION
+            )
+        known = field_names(cls)
+        for name in raw:
+            if name not in known:
+                key = f"{cls.SECTION}.{name}"
+                raise ConfigError(
+                    f"unknown key {key!r} in {source} (known: {', '.join(known)})", key=key
+                )
+        return cls(**raw)
 
     def _key(self, name: str) -> str:
         return f"{self.SECTION}.{name}"
@@ -87,6 +125,16 @@ class _Section:
 
     def _validate(self) -> None:
         """Range checks of one section; overridden by each."""
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def nested_section(cls: type, name: str) -> type[_Section] | None:
+    """The section class of field ``name`` of ``cls`` when that field nests one, else None."""
+    tp = typing.get_type_hints(cls)[name]
+    return tp if isinstance(tp, type) and issubclass(tp, _Section) else None
 
 
 @dataclass(frozen=True)
@@ -150,14 +198,40 @@ class DataConfig(_Section):
 
 
 @dataclass(frozen=True)
+class KMeansSettings(_Section):
+    """How faiss k-means runs, wherever it runs (tags-kmeans, the kmeans table, re-clustering)."""
+
+    SECTION: ClassVar[str] = "clusters.kmeans"
+    niter: int = 20  # iterations
+    nredo: int = 1  # restarts, the best objective kept
+    init: KMeansInit = "afk-mc2"  # centroid seeding (afk-mc2: k-means++ quality at random's cost)
+    seed: int | None = None  # None: run.seed
+    device: Device = "auto"  # faiss on the GPU: auto = when faiss sees one
+
+    def _validate(self) -> None:
+        self._require(self.niter >= 1, "niter", ">= 1")
+        self._require(self.nredo >= 1, "nredo", ">= 1")
+
+    @property
+    def seed_value(self) -> int:
+        """The seed to draw from: ``seed``, or 0 where no run gave one (see TrainConfig)."""
+        return 0 if self.seed is None else self.seed
+
+
+@dataclass(frozen=True)
 class ClustersConfig(_Section):
     """Where each image's cluster id comes from (used by clinfonce and ce-clusters)."""
 
     SECTION: ClassVar[str] = "clusters"
-    method: ClusterMethod = "tags-kmeans"
+    # None: what loss.method implies (simclr: instance, supcon: labels, clinfonce-kmeans:
+    # kmeans; clinfonce and ce-clusters: tags-kmeans). Naming another one than the loss uses
+    # is an error, never silently overridden.
+    method: ClusterMethod | None = None
     k: int = 100  # clusters of tags-kmeans and kmeans
     top_k: int = 20  # tags kept by the `tags` method (at most 2**top_k clusters)
     tag_ranking: Literal["entropy", "frequency"] = "entropy"
+    tags_include: tuple[str, ...] = ()  # tags, tags-kmeans: only these tags (empty: all)
+    tags_exclude: tuple[str, ...] = ()  # tags, tags-kmeans: never these tags
     # hierarchy: a row's cluster is the first hierarchy_level ancestors of its `hierarchy`
     # column (coarse to fine; 1 = the coarsest level, e.g. the emoji category); rows with fewer
     # ancestors than that are singletons.
@@ -165,8 +239,11 @@ class ClustersConfig(_Section):
     table_path: str | None = None  # a prebuilt id -> cluster table; None builds it at start
     recluster_every: int = 1  # kmeans: epochs between re-clusterings
     warmup_epochs: int = 0  # kmeans: epochs with instance clusters before the first k-means
-    niter: int = 20  # faiss k-means iterations
-    nredo: int = 1  # faiss k-means restarts (best objective kept)
+    # tags-kmeans: the TF-IDF matrix is dense up to this many bytes, randomly projected to
+    # tfidf_projection_dim dimensions beyond it
+    tfidf_max_dense_bytes: int = 1 << 30
+    tfidf_projection_dim: int = 256
+    kmeans: KMeansSettings = dataclasses.field(default_factory=KMeansSettings)
 
     def _validate(self) -> None:
         self._require(self.k >= 2, "k", ">= 2")
@@ -176,13 +253,10 @@ class ClustersConfig(_Section):
         self._require(self.table_path is None or bool(self.table_path), "table_path", "a path")
         self._require(self.recluster_every >= 1, "recluster_every", ">= 1")
         self._require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
-        self._require(self.niter >= 1, "niter", ">= 1")
-        self._require(self.nredo >= 1, "nredo", ">= 1")
-
-    @property
-    def is_iterative(self) -> bool:
-        """True when the table is rebuilt during training from the model's own embeddings."""
-        return self.method == "kmeans"
+        self._require(self.tfidf_max_dense_bytes >= 1, "tfidf_max_dense_bytes", ">= 1")
+        self._require(self.tfidf_projection_dim >= 1, "tfidf_projection_dim", ">= 1")
+        both = sorted(set(self.tags_include) & set(self.tags_exclude))
+        self._require(not both, "tags_exclude", f"disjoint from tags_include ({both[:1]} in both)")
 
 
 @dataclass(frozen=True)
@@ -228,10 +302,6 @@ class LossConfig(_Section):
         ok = self.base_temperature is None or self.base_temperature > 0
         self._require(ok, "base_temperature", "> 0 or null")
 
-    @property
-    def is_contrastive(self) -> bool:
-        return self.method != "ce-clusters"
-
 
 @dataclass(frozen=True)
 class OptimConfig(_Section):
@@ -261,7 +331,7 @@ class OptimConfig(_Section):
 
 @dataclass(frozen=True)
 class EvalConfig(_Section):
-    """Online kNN during training and the linear probe of the eval command."""
+    """Online kNN during training, and the frozen-feature evaluation of ``clinfo-ray eval``."""
 
     SECTION: ClassVar[str] = "eval"
     knn_k: int = 20
@@ -271,6 +341,10 @@ class EvalConfig(_Section):
     linear_lr: float = 0.1
     linear_weight_decay: float = 0.0
     linear_batch_size: int = 256
+    batch_size: int = 256  # images per encoder call when embedding a split
+    device: Device = "auto"  # the encoder actors of clinfo-ray eval: auto = GPU when Ray has one
+    num_actors: int | None = None  # encoder actors; None: one per GPU, else half the CPUs
+    seed: int | None = None  # the linear probe's seed; None: run.seed
 
     def _validate(self) -> None:
         self._require(self.knn_k >= 1, "knn_k", ">= 1")
@@ -280,6 +354,8 @@ class EvalConfig(_Section):
         self._require(self.linear_lr > 0, "linear_lr", "> 0")
         self._require(self.linear_weight_decay >= 0, "linear_weight_decay", ">= 0")
         self._require(self.linear_batch_size >= 1, "linear_batch_size", ">= 1")
+        self._require(self.batch_size >= 1, "batch_size", ">= 1")
+        self._require(self.num_actors is None or self.num_actors >= 1, "num_actors", ">= 1")
 
 
 @dataclass(frozen=True)
@@ -290,11 +366,11 @@ class RunConfig(_Section):
     name: str = "quickstart"  # the same name again resumes an interrupted run
     output_dir: str = "runs"
     num_workers: int = 2
-    use_gpu: bool = False
+    device: Device = "cpu"  # the Train workers: gpu = one GPU each; auto = GPUs when Ray has them
     cpus_per_worker: float = 1.0  # fractional allowed
     max_failures: int = 0  # worker-group restarts before giving up (-1: unlimited)
     checkpoints_to_keep: int = 2
-    seed: int = 0
+    seed: int = 0  # every draw of a run (and the default of clusters.kmeans.seed, eval.seed)
 
     def _validate(self) -> None:
         ok = bool(self.name) and "/" not in self.name and self.name not in (".", "..")
@@ -305,6 +381,34 @@ class RunConfig(_Section):
         self._require(self.max_failures >= -1, "max_failures", ">= -1")
         self._require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", ">= 1")
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+
+@dataclass(frozen=True)
+class PrepareConfig(_Section):
+    """``clinfo-ray prepare``: what to turn into a dataset folder, and where.
+
+    Rows are written in one random permutation drawn from ``seed`` (manifest
+    ``row_order.permutation_seed``), never in the source's order; the split does not depend on it.
+    """
+
+    SECTION: ClassVar[str] = "prepare"
+    source: SourceName = "emoji"
+    out: str = "data/emoji"  # the dataset folder to write
+    images: str | None = None  # image folder (imagefolder) or dataset root (cub200, ...)
+    annotations: str | None = None  # imagefolder: CSV path,tags,label or JSON Lines
+    styles: tuple[str, ...] = ("google",)  # emoji: renderings, e.g. google,apple,twitter
+    test_style: str | None = None  # emoji: this style is the test split
+    test_fraction: float = 0.2  # hash split fraction (sources without their own split)
+    cache: str | None = None  # npm download cache (None: $CLINFO_RAY_CACHE or ~/.cache)
+    shard_size: int = 2000  # rows per Parquet file
+    overwrite: bool = False  # replace an existing folder
+    seed: int = 0  # seed of the order the rows are written in (not of the split)
+
+    def _validate(self) -> None:
+        self._require(bool(self.out), "out", "a non-empty path")
+        self._require(0.0 <= self.test_fraction < 1.0, "test_fraction", "in [0, 1)")
+        self._require(self.shard_size >= 1, "shard_size", ">= 1")
+        if self.source == "imagefolder":
+            self._require(self.images is not None, "images", "a folder for imagefolder")
+            self._require(self.annotations is not None, "annotations", "a file for imagefolder")
+        if self.source in ("cub200", "ut-zappos50k"):
+            self._require(self.images is not None, "images", f"the root folder of {self.source}")

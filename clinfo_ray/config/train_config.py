@@ -1,41 +1,138 @@
-"""TrainConfig: the stage configs of one job, its plain-dict form, and dotted-key overrides."""
+"""The configs of whole commands: a root holds sections; plain-dict form; dotted-key overrides.
+
+:class:`TrainConfig` (train, clusters, eval, demo: a run's seven sections) and
+:class:`PrepareJob` (prepare: one section) share one machinery: the YAML file is a mapping of
+sections, a missing section or key takes its default, an unknown one fails naming its dotted key,
+and ``--set a.b.c=value`` reaches any leaf, nested sections included.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from clinfo_ray.config.sections import (
     ClustersConfig,
     ConfigError,
     DataConfig,
     EvalConfig,
+    KMeansSettings,
     LossConfig,
     ModelConfig,
     OptimConfig,
+    PrepareConfig,
     RunConfig,
     _Section,
+    field_names,
+    nested_section,
 )
 
-# Loss methods that fix their clusters regardless of clusters.method.
+# Loss methods that fix their clusters (clusters.method may be left out or name the same).
 _FIXED_CLUSTERS = {"simclr": "instance", "supcon": "labels", "clinfonce-kmeans": "kmeans"}
-_SECTIONS: dict[str, type[_Section]] = {
-    "data": DataConfig,
-    "clusters": ClustersConfig,
-    "model": ModelConfig,
-    "loss": LossConfig,
-    "optim": OptimConfig,
-    "eval": EvalConfig,
-    "run": RunConfig,
-}
+_DEFAULT_CLUSTERS = "tags-kmeans"  # of clinfonce and ce-clusters when clusters.method is None
+
+
+class _Root:
+    """Base of the command configs: a frozen dataclass whose fields are sections."""
+
+    SECTIONS: ClassVar[dict[str, type[_Section]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, cls in self.SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name}: expected {cls.__name__}; got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict of builtins (what crosses into Ray and into state.json)."""
+        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in self.SECTIONS}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> Any:
+        """Strict inverse of :meth:`to_dict`; missing keys take defaults, unknown keys fail."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of sections; got {raw!r}")
+        sections: dict[str, _Section] = {}
+        for name, value in raw.items():
+            if name not in cls.SECTIONS:
+                raise ConfigError(
+                    f"unknown key {name!r} in {source} (sections: {', '.join(cls.SECTIONS)})",
+                    key=str(name),
+                )
+            sections[name] = cls.SECTIONS[name].from_mapping(value or {}, source)
+        return cls(**sections)
+
+    @classmethod
+    def field_type(cls, key: str) -> Any:
+        """The type of the leaf a dotted key names (ConfigError for an unknown key)."""
+        section_cls, name = _leaf(cls, key, "config")
+        return typing.get_type_hints(section_cls)[name]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as JSON and YAML give them back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _leaf(root: type[_Root], key: str, source: str) -> tuple[type[_Section], str]:
+    """(section class, field name) of a dotted key, checking every part."""
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] not in root.SECTIONS:
+        raise ConfigError(
+            f"unknown key {key!r} in {source} (sections: {', '.join(root.SECTIONS)})", key=key
+        )
+    cls = root.SECTIONS[parts[0]]
+    for depth, part in enumerate(parts[1:], start=1):
+        known = field_names(cls)
+        if part not in known:
+            raise ConfigError(
+                f"unknown key {key!r} in {source} (known: {', '.join(known)})", key=key
+            )
+        inner = nested_section(cls, part)
+        if depth == len(parts) - 1:
+            if inner is not None:
+                raise ConfigError(f"{key} is a section: set one of its keys", key=key)
+            return cls, part
+        if inner is None:
+            raise ConfigError(f"unknown key {key!r} in {source}: {part} has no keys", key=key)
+        cls = inner
+    raise AssertionError("unreachable")
+
+
+def set_leaf(root: type[_Root], raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Write ``value`` at dotted ``key`` of a plain config dict (creating sections as needed)."""
+    _leaf(root, key, source)
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            child = node[part] = dict(child)
+        node = child
+    node[parts[-1]] = value
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Root):
     """One training job: the seven stage configs, plus checks that span stages."""
 
+    SECTIONS: ClassVar[dict[str, type[_Section]]] = {
+        "data": DataConfig,
+        "clusters": ClustersConfig,
+        "model": ModelConfig,
+        "loss": LossConfig,
+        "optim": OptimConfig,
+        "eval": EvalConfig,
+        "run": RunConfig,
+    }
     data: DataConfig = field(default_factory=DataConfig)
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -45,9 +142,15 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        for name, cls in _SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"{name}: expected {cls.__name__}; got {getattr(self, name)!r}")
+        super().__post_init__()
+        fixed = _FIXED_CLUSTERS.get(self.loss.method)
+        if fixed and self.clusters.method not in (None, fixed):
+            raise ConfigError(
+                f"clusters.method: loss.method {self.loss.method!r} always uses {fixed} "
+                f"clusters; got {self.clusters.method!r} (leave clusters.method out, or use "
+                "loss.method clinfonce to train on those clusters)",
+                key="clusters.method",
+            )
         if self.data.cache == "worker" and self.data.augment_on != "worker":
             raise ConfigError(
                 "data.augment_on: data.cache 'worker' keeps the images on the workers, so they "
@@ -61,14 +164,14 @@ class TrainConfig:
                 "during the run (use tags-kmeans, tags, hierarchy, labels or instance)",
                 key="loss.method",
             )
-        if self.clusters.table_path and (
-            self.loss.method in _FIXED_CLUSTERS or self.is_iterative_clustering
-        ):
+        if self.clusters.table_path and (fixed or self.is_iterative_clustering):
+            named = (
+                f" with clusters.method {self.clusters.method!r}" if self.clusters.method else ""
+            )
             raise ConfigError(
-                f"clusters.table_path: loss.method {self.loss.method!r} with clusters.method "
-                f"{self.clusters.method!r} uses {self.cluster_method} clusters and would ignore "
-                "the table (a table needs loss.method clinfonce or ce-clusters and "
-                "clusters.method other than kmeans)",
+                f"clusters.table_path: loss.method {self.loss.method!r}{named} uses "
+                f"{self.cluster_method} clusters and would ignore the table (a table needs "
+                "loss.method clinfonce or ce-clusters and clusters.method other than kmeans)",
                 key="clusters.table_path",
             )
         if self.is_iterative_clustering and self.clusters.warmup_epochs >= self.optim.epochs:
@@ -85,71 +188,56 @@ class TrainConfig:
 
     @property
     def cluster_method(self) -> str:
-        """The clusters actually used: simclr -> instance, supcon -> labels,
-        clinfonce-kmeans -> kmeans; clinfonce and ce-clusters use clusters.method."""
-        return _FIXED_CLUSTERS.get(self.loss.method, self.clusters.method)
+        """The clusters the run uses: simclr -> instance, supcon -> labels, clinfonce-kmeans ->
+        kmeans; clinfonce and ce-clusters: clusters.method (tags-kmeans when left out)."""
+        fixed = _FIXED_CLUSTERS.get(self.loss.method)
+        return fixed or self.clusters.method or _DEFAULT_CLUSTERS
 
     @property
     def is_iterative_clustering(self) -> bool:
         return self.cluster_method == "kmeans"
 
     @property
+    def run_clusters(self) -> ClustersConfig:
+        """The clusters section as the run uses it: the method resolved, the k-means seed
+        defaulted to run.seed (resolved here, not when loading: a later run.seed override
+        reaches it)."""
+        kmeans = self.clusters.kmeans
+        if kmeans.seed is None:
+            kmeans = dataclasses.replace(kmeans, seed=self.run.seed)
+        return dataclasses.replace(
+            self.clusters,
+            method=self.cluster_method,  # type: ignore[arg-type]
+            kmeans=kmeans,
+        )
+
+    @property
+    def eval_seed(self) -> int:
+        """The linear probe's seed: eval.seed, else run.seed."""
+        return self.run.seed if self.eval.seed is None else self.eval.seed
+
+    @property
     def autocast_bf16(self) -> bool:
         """bf16 autocast is on only on GPU workers."""
-        return self.optim.amp and self.run.use_gpu
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain nested dict of builtins (what crosses into Ray and into state.json)."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        """Strict inverse of :meth:`to_dict`; missing keys take defaults, unknown keys fail."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of sections; got {raw!r}")
-        sections: dict[str, _Section] = {}
-        for name, value in raw.items():
-            if name not in _SECTIONS:
-                raise ConfigError(
-                    f"unknown key {name!r} in {source} (sections: {', '.join(_SECTIONS)})",
-                    key=str(name),
-                )
-            sections[name] = _build_section(name, value or {}, source)
-        return cls(**sections)  # type: ignore[arg-type]
+        return self.optim.amp and self.run.device == "gpu"
 
 
-def _build_section(name: str, raw: Any, source: str) -> _Section:
-    section_cls = _SECTIONS[name]
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{name}: expected a mapping in {source}; got {raw!r}", key=name)
-    known = [f.name for f in dataclasses.fields(section_cls)]  # type: ignore[arg-type]
-    for key in raw:
-        if key not in known:
-            raise ConfigError(
-                f"unknown key '{name}.{key}' in {source} (known: {', '.join(known)})",
-                key=f"{name}.{key}",
-            )
-    return section_cls(**raw)
+@dataclass(frozen=True)
+class PrepareJob(_Root):
+    """``clinfo-ray prepare``: the one section ``prepare``."""
+
+    SECTIONS: ClassVar[dict[str, type[_Section]]] = {"prepare": PrepareConfig}
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
-def _set_leaf(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
-    parts = key.split(".")
-    if len(parts) != 2 or parts[0] not in _SECTIONS:
-        raise ConfigError(f"unknown key {key!r} in {source}", key=key)
-    section = raw.setdefault(parts[0], {})
-    if section is None:
-        section = raw[parts[0]] = {}
-    known = [f.name for f in dataclasses.fields(_SECTIONS[parts[0]])]  # type: ignore[arg-type]
-    if parts[1] not in known:
-        raise ConfigError(f"unknown key {key!r} in {source} (known: {', '.join(known)})", key=key)
-    section[parts[1]] = value
-
-
-def apply_overrides(
-    config: TrainConfig, overrides: Mapping[str, Any], source: str = "overrides"
-) -> TrainConfig:
-    """A new config with ``{"section.field": value}`` leaves replaced (Ray Tune's trial dicts)."""
+def apply_overrides(config: Any, overrides: Mapping[str, Any], source: str = "overrides") -> Any:
+    """A new config of the same kind with ``{"dotted.key": value}`` leaves replaced (Ray Tune's
+    trial dicts, the commands' flags)."""
+    root = type(config)
     raw = config.to_dict()
     for key, value in overrides.items():
-        _set_leaf(raw, key, value, source)
-    return TrainConfig.from_dict(raw, source)
+        set_leaf(root, raw, key, value, source)
+    return root.from_dict(raw, source)
+
+
+__all__ = ["KMeansSettings", "PrepareJob", "TrainConfig", "apply_overrides", "set_leaf"]

@@ -42,3 +42,25 @@ def shuffled_mean_label_run_length(labels: ArrayLike, *, draws: int = 200, seed:
     shuffled = np.random.default_rng(seed).permuted(np.tile(values, (draws, 1)), axis=1)
     runs = 1 + np.count_nonzero(shuffled[:, 1:] != shuffled[:, :-1], axis=1)  # (draws,)
     return float(np.mean(values.size / runs))
+
+
+def batch_label_mixing(batches: list[np.ndarray]) -> tuple[float, float]:
+    """How much the batches of a stream mix labels: (mean run length of equal labels inside a
+    batch, mean share of a batch's pairs that share a label). Compare with
+    :func:`uniform_batches` of the same labels."""
+    runs = [mean_label_run_length(b) for b in batches]
+    pairs = []
+    for b in batches:
+        counts = np.unique(b, return_counts=True)[1]
+        pairs.append((counts * (counts - 1)).sum() / (b.size * (b.size - 1)))
+    return float(np.mean(runs)), float(np.mean(pairs))
+
+
+def uniform_batches(
+    labels: ArrayLike, size: int, *, draws: int = 2000, seed: int = 0
+) -> list[np.ndarray]:
+    """``draws`` batches of ``size`` labels drawn uniformly without replacement: the reference
+    of :func:`batch_label_mixing`."""
+    values = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    return [rng.choice(values, size=size, replace=False) for _ in range(draws)]

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from clinfo_ray.checkpointing import read_checkpoint_state
-from clinfo_ray.config import EvalConfig
+from clinfo_ray.config import TrainConfig
 from clinfo_ray.data import columns as C
+from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import linear_probe
@@ -38,11 +38,6 @@ SCALARS = {
 def default_out_dir(checkpoint_dir: str | Path) -> Path:
     """``<checkpoint>/../eval``: beside the run's checkpoints."""
     return Path(checkpoint_dir).resolve().parent / EVAL_DIR
-
-
-def cluster_has_gpu() -> bool:
-    """Whether the connected Ray cluster offers at least one GPU (False with no Ray running)."""
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def _scores(
@@ -63,37 +58,30 @@ def _scores(
 
 def evaluate_checkpoint(
     checkpoint_dir: str | Path,
-    data_dir: str | Path | None = None,
-    eval_cfg: EvalConfig | None = None,
+    config: TrainConfig | None = None,
     *,
     out_dir: str | Path | None = None,
-    batch_size: int = 256,
-    use_gpu: bool | None = None,
-    num_actors: int | None = None,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """Linear probe and kNN top-1 of a checkpoint's frozen encoder features; writes the results.
 
-    ``data_dir`` defaults to the checkpoint config's ``data.dataset_dir``; ``eval_cfg`` to its
-    ``eval`` section. ``use_gpu``: feature extraction on GPU actors; ``None`` means "when the
-    Ray cluster has a GPU". The probe and kNN run on the driver (its GPU when it has one).
-    Accuracies are fractions of the labelled test rows; the dict also holds the row counts,
-    timings, the eval config and ``json_path``.
+    ``config`` defaults to the checkpoint's own; its ``data.dataset_dir`` is the dataset, its
+    ``eval`` section the settings (feature extraction: ``batch_size``, ``device``,
+    ``num_actors``; the probe: ``linear_*``, seeded by ``eval.seed`` else ``run.seed``; kNN:
+    ``knn_*``). The probe and kNN run on the driver (its GPU when it has one). Accuracies are
+    fractions of the labelled test rows; the dict also holds the row counts, timings, the eval
+    config and ``json_path``.
     """
     checkpoint_dir = Path(checkpoint_dir).resolve()
     state = read_checkpoint_state(checkpoint_dir)
-    config = state.train_config()
-    eval_cfg = eval_cfg or config.eval
-    data_dir = Path(data_dir or config.data.dataset_dir)
-    use_gpu = cluster_has_gpu() if use_gpu is None else use_gpu
+    config = config or state.train_config()
+    eval_cfg = config.eval
+    data_dir = Path(config.data.dataset_dir)
     started = time.perf_counter()
-    splits = extract_split_features(
-        checkpoint_dir, data_dir, batch_size=batch_size, use_gpu=use_gpu, num_actors=num_actors
-    )
+    splits = extract_split_features(checkpoint_dir, data_dir, C.SPLITS, eval_cfg)
     (train_x, train_y, _), (test_x, test_y, _) = splits[C.TRAIN], splits[C.TEST]
     features_s = time.perf_counter() - started
     log.info("features: train %s, test %s (%.1f s)", train_x.shape, test_x.shape, features_s)
-    probe = linear_probe(train_x, train_y, test_x, test_y, eval_cfg, seed=seed)
+    probe = linear_probe(train_x, train_y, test_x, test_y, eval_cfg, seed=config.eval_seed)
     started = time.perf_counter()
     knn = knn_top1(train_x, train_y, test_x, test_y, eval_cfg.knn_k, eval_cfg.knn_temperature)
     knn_s = time.perf_counter() - started
@@ -107,7 +95,7 @@ def evaluate_checkpoint(
         **_scores(probe, knn, train_y, test_y),
         "feature_dim": int(train_x.shape[1]),
         "seconds": {"features": features_s, "linear": probe["seconds"], "knn": knn_s},
-        "feature_device": "gpu" if use_gpu else "cpu",
+        "feature_device": "gpu" if ray_uses_gpu(eval_cfg.device) else "cpu",
         "eval_config": dataclasses.asdict(eval_cfg),
     }
     out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_dir)

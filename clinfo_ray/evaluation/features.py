@@ -31,9 +31,11 @@ from clinfo_ray.checkpointing import (
     load_model_from_checkpoint,
     read_checkpoint_state,
 )
+from clinfo_ray.config import EvalConfig
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import read_manifest, split_files
+from clinfo_ray.data.read.decode import decode_batch
+from clinfo_ray.devices import ray_uses_gpu
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +131,24 @@ def extract_split_features(
     checkpoint_dir: str | Path,
     data_dir: str | Path,
     splits: Sequence[str] = C.SPLITS,
+    settings: EvalConfig | None = None,
     *,
-    batch_size: int = 256,
-    use_gpu: bool = False,
-    num_actors: int | None = None,
     cpus_per_actor: float = 1.0,
     output: str = "features",
 ) -> dict[str, SplitFeatures]:
     """Encoder features of every decodable image of ``splits``, in one pass over Ray Data (the
     actors load the model once for all splits). ``output="projections"``: the L2-normalised
-    projection-head output instead. ``num_actors`` defaults to :func:`default_num_actors`; with
-    ``use_gpu`` each actor takes one GPU. Needs a running Ray (Ray Data starts a local one
-    otherwise)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    projection-head output instead. From ``settings``: ``batch_size`` images per encoder call,
+    ``device`` of the actors, ``num_actors`` (default :func:`default_num_actors`; on GPUs one
+    GPU each). Needs a running Ray."""
     _check_output(output)
+    settings = settings or EvalConfig()
     size = check_checkpoint(checkpoint_dir)
     checkpoint_dir = Path(checkpoint_dir).resolve()
+    use_gpu = ray_uses_gpu(settings.device)
     files = [f for split in splits for f in split_files(data_dir, split)]
-    num_actors = num_actors or default_num_actors(use_gpu)
+    num_actors = settings.num_actors or default_num_actors(use_gpu)
+    batch_size = settings.batch_size
     ds = ray.data.read_parquet(files).select_columns([C.ID, C.IMAGE, C.LABEL, C.SPLIT])
     ds = ds.map_batches(DecodeImages(size), batch_size=batch_size, batch_format="pyarrow")
     ds = ds.map_batches(
@@ -172,28 +173,6 @@ def extract_split_features(
                 "%s: %d of %d images undecodable", split, rows[split] - len(part.ids), rows[split]
             )
     return result
-
-
-def extract_features(
-    checkpoint_dir: str | Path,
-    data_dir: str | Path,
-    split: str,
-    *,
-    batch_size: int = 256,
-    use_gpu: bool = False,
-    num_actors: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features (n, D) float32, labels (n,) int64 with -1 for "no label", ids (n,)) of one
-    split, sorted by image id; see :func:`extract_split_features`."""
-    part = extract_split_features(
-        checkpoint_dir,
-        data_dir,
-        (split,),
-        batch_size=batch_size,
-        use_gpu=use_gpu,
-        num_actors=num_actors,
-    )[split]
-    return part.features, part.labels, part.ids
 
 
 def _collect(ds: Any, splits: Sequence[str]) -> dict[str, SplitFeatures]:

@@ -17,7 +17,8 @@ import logging
 import faiss
 import numpy as np
 
-from clinfo_ray.clusters.kmeans import resolve_gpu
+from clinfo_ray.config import Device
+from clinfo_ray.devices import faiss_uses_gpu
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _flat_index(train: np.ndarray, k: int, use_gpu: bool | str) -> faiss.Index:
+def _flat_index(train: np.ndarray, k: int, device: Device) -> faiss.Index:
     index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
-    if resolve_gpu(use_gpu) and k <= _GPU_MAX_K:
+    if faiss_uses_gpu(device) and k <= _GPU_MAX_K:
         # faiss's Python wrapper keeps a reference to the resources inside the GPU index.
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(train)
@@ -79,13 +80,13 @@ def knn_predict(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    use_gpu: bool | str = "auto",
+    device: Device = "auto",
 ) -> np.ndarray:
     """Weighted-kNN class (n_test,) int64 of every test row.
 
     train_features: (n_train, D) float; train_labels: (n_train,) int, -1 = unlabelled (ignored);
     test_features: (n_test, D) float. ``k`` larger than the labelled train rows uses them all.
-    ``use_gpu``: True, False, or "auto" (a faiss GPU index when faiss sees a GPU).
+    ``device``: where faiss searches ("auto": a faiss GPU index when faiss sees a GPU).
     """
     if k < 1 or temperature <= 0:
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
@@ -99,7 +100,7 @@ def knn_predict(
     if len(labels) == 0:
         raise ValueError("kNN needs at least one labelled train row")
     k = min(k, len(labels))
-    index = _flat_index(train, k, use_gpu)
+    index = _flat_index(train, k, device)
     num_classes = int(labels.max()) + 1
     pred = np.empty(test.shape[0], dtype=np.int64)
     for start in range(0, test.shape[0], _QUERY_CHUNK):
@@ -116,7 +117,7 @@ def knn_top1(
     k: int = 20,
     temperature: float = 0.07,
     *,
-    use_gpu: bool | str = "auto",
+    device: Device = "auto",
 ) -> float:
     """Fraction of labelled test rows whose weighted-kNN class is their label (see the module
     docstring). Arguments as :func:`knn_predict`; test_labels: (n_test,) int, -1 = not scored."""
@@ -130,6 +131,6 @@ def knn_top1(
         np.asarray(test_features)[scored],
         k=k,
         temperature=temperature,
-        use_gpu=use_gpu,
+        device=device,
     )
     return float(np.mean(pred == test_y[scored]))

@@ -1,9 +1,9 @@
-"""Embeddings of a whole split on the Train workers, gathered to every rank.
+"""Embeddings of a whole split on the Train workers, gathered to rank 0.
 
 Every worker reads the whole (unsplit, unaugmented) split and runs the model, with rank 0's
-buffers, on its own share (rows with ``index % world == rank``); the shares are then gathered,
-so the result is complete and exact: no row is dropped to even out the workers, as an equal
-split would.
+buffers, on its own share (rows with ``index % world == rank``); the shares are then gathered
+to rank 0, the one rank that uses them (online kNN, k-means), so the result is complete and
+exact: no row is dropped to even out the workers, as an equal split would.
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clinfo_ray.data.stream import IMAGE_U8, INDEX
-from clinfo_ray.distributed import (
-    broadcast_buffers_from_rank0,
-    gather_no_grad,
-    rank,
-    world_size,
-)
+from clinfo_ray.data.read.stream import IMAGE_U8, INDEX
+from clinfo_ray.distributed import broadcast_buffers_from_rank0, gather_to_rank0, rank, world_size
 from clinfo_ray.model import ContrastiveModel
 
 
@@ -38,11 +33,13 @@ class SplitEmbedding:
 @torch.no_grad()
 def embed_split(
     model: ContrastiveModel, shard: Any, device: torch.device, batch_size: int
-) -> SplitEmbedding:
-    """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank.
+) -> SplitEmbedding | None:
+    """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank; the
+    whole split's embedding on rank 0, None on the others (every rank must call it).
 
-    Every rank first takes rank 0's buffers (BatchNorm running statistics): each rank updated
-    its own during training, and the rows of one split must all be embedded by the same model.
+    ``batch_size``: images per model call (``eval.batch_size``). Every rank first takes rank
+    0's buffers (BatchNorm running statistics): each rank updated its own during training, and
+    the rows of one split must all be embedded by the same model.
     """
     broadcast_buffers_from_rank0(model)
     was_training = model.training
@@ -61,10 +58,14 @@ def embed_split(
         parts["proj"].append(F.normalize(out.projections.float(), dim=-1))
     model.train(was_training)
     widths = {"index": None, "label": None, "features": model.feature_dim, "proj": model.proj_dim}
-    gathered = {}
+    gathered: dict[str, torch.Tensor] = {}
     for key, chunks in parts.items():
-        local = torch.cat(chunks) if chunks else _empty(widths[key], device, key)
-        gathered[key] = gather_no_grad(local).cpu()
+        local = torch.cat(chunks) if chunks else _empty(widths[key], device)
+        rows = gather_to_rank0(local)
+        if rows is not None:
+            gathered[key] = rows.cpu()
+    if me != 0:
+        return None
     order = torch.argsort(gathered["index"])
     return SplitEmbedding(
         index=gathered["index"][order].numpy(),
@@ -74,7 +75,7 @@ def embed_split(
     )
 
 
-def _empty(width: int | None, device: torch.device, key: str) -> torch.Tensor:
+def _empty(width: int | None, device: torch.device) -> torch.Tensor:
     if width is None:
         return torch.empty(0, dtype=torch.int64, device=device)
     return torch.empty(0, width, dtype=torch.float32, device=device)

@@ -6,7 +6,6 @@ dataset) is checked in :func:`check_before_ray`; call it before ``ray.init()``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -17,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clinfo_ray.clusters.build import BuildOptions, build_clusters, statistics_of_table
+from clinfo_ray.clusters.build import build_clusters, statistics_of_table
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.decode import source_side
 from clinfo_ray.data.manifest import read_manifest, sorted_ids, split_files
+from clinfo_ray.data.read.decode import source_side
 from clinfo_ray.data.splits import val_mask
+from clinfo_ray.devices import ray_uses_gpu
 
-if TYPE_CHECKING:
-    from clinfo_ray.data.stream import StreamPlan  # imports ray: only where a run starts
+if TYPE_CHECKING:  # these import ray: only where a run starts
+    from clinfo_ray.data.read.stream import DropCounter
+    from clinfo_ray.training.worker import LoopInputs
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,17 @@ def resolve_decode_size(cfg: TrainConfig) -> TrainConfig:
     return apply_overrides(cfg, {"data.decode_size": size})
 
 
+def resolve_device(cfg: TrainConfig) -> TrainConfig:
+    """``run.device`` made explicit: "auto" is "gpu" when the connected Ray cluster offers a
+    GPU, else "cpu" (starting a local Ray if none is connected). Recorded in the run's config,
+    which the workers (bf16 autocast) and a resumed run read."""
+    if cfg.run.device != "auto":
+        return cfg
+    device = "gpu" if ray_uses_gpu(cfg.run.device) else "cpu"
+    log.info("run.device: %s", device)
+    return apply_overrides(cfg, {"run.device": device})
+
+
 def _check_worker_cache_size(train_rows: int, cfg: TrainConfig) -> None:
     """data.cache 'worker' puts the whole decoded split in every worker: refuse what cannot fit
     in half of this machine's memory (the workers of a local run share it)."""
@@ -125,35 +137,30 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
         return cfg.clusters.table_path, statistics_of_table(
             cfg.clusters.table_path, cfg.data.dataset_dir
         )
-    method = cfg.cluster_method
-    path = run_dir / "clusters" / f"{method}.parquet"
+    clusters = cfg.run_clusters  # the method and the k-means seed resolved
+    path = run_dir / "clusters" / f"{clusters.method}.parquet"
     stats_file = path.with_suffix(".stats.json")
     if path.is_file() and stats_file.is_file():  # a resumed run keeps the clusters it had
         return str(path), json.loads(stats_file.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    stats = build_clusters(
-        dataclasses.replace(cfg.clusters, method=method),  # type: ignore[arg-type]
-        cfg.data.dataset_dir,
-        path,
-        BuildOptions(seed=cfg.run.seed),
-    )
-    return str(path), stats
+    return str(path), build_clusters(clusters, cfg.data.dataset_dir, path)
 
 
-@dataclass(frozen=True)
-class RunInputs:
-    """What the driver hands the workers: Ray Data datasets, the stream plan, the val rows."""
-
-    datasets: dict[str, Any]  # "train" (data.cache worker), EMBED_TRAIN (kNN / k-means)
-    stream: StreamPlan | None  # the training rows' stream; None with data.cache 'worker'
-    val: np.ndarray  # (n_train,) bool by index
-
-
-def build_inputs(cfg: TrainConfig, drops: Any) -> RunInputs:
-    """The training rows' stream (or the split for worker memory), and the whole train split
+def build_inputs(
+    cfg: TrainConfig,
+    run_dir: Path,
+    table: str | None,
+    stats: dict | None,
+    steps_per_epoch: int,
+    drops: DropCounter | None,
+) -> tuple[LoopInputs, dict[str, Any]]:
+    """What every worker gets: the loop inputs (config, starting clusters, the training rows'
+    stream, the validation rows) and the Ray Data datasets it reads whole: the train split for
+    worker memory (data.cache 'worker', instead of the stream), and the whole train split
     unaugmented for the online kNN (bank: training rows; queries: validation rows) and k-means."""
-    from clinfo_ray.data.stream import StreamPlan
-    from clinfo_ray.training.worker import EMBED_TRAIN, augmentation_of
+    from clinfo_ray.data.read.stream import StreamPlan
+    from clinfo_ray.training.objective import augmentation_of
+    from clinfo_ray.training.worker import EMBED_TRAIN, LoopInputs
 
     d = cfg.data
     val = val_by_index(cfg)
@@ -173,17 +180,27 @@ def build_inputs(cfg: TrainConfig, drops: Any) -> RunInputs:
         plain = StreamPlan.build(d.dataset_dir, augmentation=None, decode_size=d.image_size)
         everything = plain.dataset()
         datasets[EMBED_TRAIN] = everything.materialize() if d.cache != "none" else everything
-    return RunInputs(datasets, None if d.cache == "worker" else train, val)
+    inputs = LoopInputs(
+        config=cfg.to_dict(),
+        table=table,
+        table_stats=stats,
+        steps_per_epoch=steps_per_epoch,
+        run_dir=str(run_dir),
+        drops=drops,
+        stream=None if d.cache == "worker" else train,
+        val=val,
+    )
+    return inputs, datasets
 
 
 def train(cfg: TrainConfig) -> TrainOutcome:
-    """Run (or resume: same run.name and output_dir) one training run on the connected Ray."""
-    from clinfo_ray.data.stream import DropCounter
+    """Run (or resume: same run.name and output_dir) one training run on the connected Ray
+    (a local one is started when none is)."""
+    from clinfo_ray.data.read.stream import DropCounter
 
     steps_per_epoch = check_before_ray(cfg)
-    cfg = resolve_decode_size(
-        with_absolute_paths(cfg)
-    )  # workers do not run in the driver's working directory
+    # workers do not run in the driver's working directory
+    cfg = resolve_device(resolve_decode_size(with_absolute_paths(cfg)))
     storage = Path(cfg.run.output_dir).resolve()
     run_dir = storage / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,54 +208,37 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     table, stats = prepare_cluster_table(cfg, run_dir)
     drops = DropCounter.create()
     try:
-        return _fit(cfg, run_dir, table, stats, steps_per_epoch, drops)
+        inputs, datasets = build_inputs(cfg, run_dir, table, stats, steps_per_epoch, drops)
+        return _fit(cfg, inputs, datasets)
     finally:
         drops.close()  # one actor per run: a Tune search would otherwise pile them up
 
 
-def _fit(
-    cfg: TrainConfig,
-    run_dir: Path,
-    table: str | None,
-    stats: dict | None,
-    steps_per_epoch: int,
-    drops: Any,
-) -> TrainOutcome:
+def _fit(cfg: TrainConfig, inputs: LoopInputs, datasets: dict[str, Any]) -> TrainOutcome:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clinfo_ray.training.worker import train_loop_per_worker
+    from clinfo_ray.training.worker import LOOP_INPUTS, train_loop_per_worker
 
-    storage = run_dir.parent
-    inputs = build_inputs(cfg, drops)
-    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if cfg.run.use_gpu else {})}
+    run_dir = Path(inputs.run_dir)
+    gpu = cfg.run.device == "gpu"
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "table": table,
-            "table_stats": stats,
-            "steps_per_epoch": steps_per_epoch,
-            "run_dir": str(run_dir),
-            "drops": drops,
-            "stream": inputs.stream,
-            "val": inputs.val,
-        },
+        train_loop_config={LOOP_INPUTS: inputs},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker=resources,
+            num_workers=cfg.run.num_workers, use_gpu=gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
-            storage_path=str(storage),
+            storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
         ),
-        datasets=inputs.datasets,
+        datasets=datasets,
         # every worker reads these whole; the training stream is cut by the workers themselves
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    return TrainOutcome(run_dir, checkpoint, dict(result.metrics or {}), stats)
+    return TrainOutcome(run_dir, checkpoint, dict(result.metrics or {}), inputs.table_stats)

@@ -21,7 +21,7 @@ from torch import nn
 
 from clinfo_ray.checkpointing import unwrap_model
 from clinfo_ray.config import TrainConfig
-from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.read.augment import ViewAugmentation
 from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce, cluster_cross_entropy
 from clinfo_ray.model import ContrastiveModel
 
@@ -108,7 +108,11 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> float:
-    """One optimiser step on one batch; returns the loss."""
+    """One optimiser step on one batch; returns the loss.
+
+    ``batch``: views (B, V, 3, S, S) float32, and (B,) int64 index, label (-1: unlabelled) and
+    cluster (the worker maps each index to its cluster: ``ClusterState.ids``).
+    """
     views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
         out = module(views)

@@ -1,4 +1,5 @@
-"""The per-worker training loop: build, restore, then for each epoch iterate, step, report."""
+"""The per-worker training loop: build the state (restored from Ray Train's checkpoint), then for
+each epoch re-cluster when due, train, evaluate when due, and report."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +20,129 @@ import torch
 from torch import nn
 
 from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
+from clinfo_ray.clusters.assignment import clusters_by_index
 from clinfo_ray.config import TrainConfig
-from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.stream import DROPPED_METRIC, StreamPlan
-from clinfo_ray.data.worker_cache import InMemorySplit
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.stream import DROPPED_METRIC, INDEX, DropCounter, StreamPlan
+from clinfo_ray.data.read.worker_cache import InMemorySplit
 from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, world_size
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
-from clinfo_ray.training import cluster_state
-from clinfo_ray.training.cluster_state import ClusterState
-from clinfo_ray.training.embedding import embed_split
-from clinfo_ray.training.objective import (
-    TrainModule,
-    augmentation_of,
-    train_module,
-    train_step,
-)
+from clinfo_ray.training.cluster_state import ClusterState, kmeans_assignment, publish
+from clinfo_ray.training.embedding import SplitEmbedding, embed_split
+from clinfo_ray.training.objective import TrainModule, augmentation_of, train_module, train_step
 from clinfo_ray.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
 EMBED_TRAIN = "embed_train"  # the whole train split, unaugmented: kNN bank + queries, k-means
 PID_DIR = ".worker_pids"  # rank -> pid of the current attempt (operators and tests read it)
+LOOP_INPUTS = "inputs"  # the key of the LoopInputs in train_loop_config
 
 
-def _epochs_to_recluster(cfg: TrainConfig, epoch: int) -> bool:
+@dataclass(frozen=True)
+class LoopInputs:
+    """What the driver hands every worker, as ``train_loop_config={LOOP_INPUTS: inputs}``."""
+
+    config: dict[str, Any]  # TrainConfig.to_dict(): paths absolute, data.decode_size resolved
+    table: str | None  # the starting id -> cluster table (Parquet); None: instance clusters
+    table_stats: dict[str, Any] | None  # its statistics, logged before the first epoch
+    steps_per_epoch: int
+    run_dir: str
+    drops: DropCounter | None  # counts the images the stream could not decode
+    stream: StreamPlan | None  # the training rows' stream; None with data.cache 'worker'
+    val: np.ndarray  # (n_train,) bool by index: the validation rows (never train; kNN queries)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config, source="the run's loop inputs")
+
+    @property
+    def n_train(self) -> int:
+        return int(self.val.shape[0])
+
+
+@dataclass
+class WorkerState:
+    """What one worker trains and checkpoints. ``epoch``: the epoch in progress (completed
+    epochs before the loop starts one); ``step``: optimiser steps taken."""
+
+    cfg: TrainConfig
+    device: torch.device
+    module: nn.Module  # the TrainModule as Ray Train prepared it (DDP; compiled if asked)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    clusters: ClusterState
+    epoch: int = 0
+    step: int = 0
+    resumed: bool = False  # restored from a checkpoint of this run
+
+    @property
+    def inner(self) -> TrainModule:
+        return train_module(self.module)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``loop_config[LOOP_INPUTS]``: the run's :class:`LoopInputs`."""
+    inputs: LoopInputs = loop_config[LOOP_INPUTS]
+    cfg = inputs.train_config()
+    _quiet_ray_logs()
+    torch.manual_seed(cfg.run.seed)
+    _record_pid(Path(inputs.run_dir))
+    state = build_state(cfg, inputs)
+    run_log = _open_run_log(state, inputs)
+    source = BatchSource.open(cfg, inputs.stream, state.device)
+    for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
+        state.epoch = epoch
+        if _recluster_due(cfg, epoch):
+            recluster(state, inputs, run_log)
+        metrics = train_one_epoch(state, source)
+        if _knn_due(cfg, epoch):
+            metrics["eval/knn_top1"] = online_knn(state, inputs.val)
+        if inputs.drops is not None:
+            metrics[DROPPED_METRIC] = float(inputs.drops.count())
+        report(state, metrics, run_log)
+    if run_log is not None:
+        run_log.close()
+
+
+def build_state(cfg: TrainConfig, inputs: LoopInputs) -> WorkerState:
+    """The model (and ce-clusters classifier), optimiser, scheduler and clusters on this
+    worker's device, restored from Ray Train's latest checkpoint when there is one."""
+    device = ray.train.torch.get_device()
+    clusters = ClusterState(clusters_by_index(cfg.data.dataset_dir, inputs.table), device=device)
+    num_clusters = clusters.num_clusters if cfg.loss.method == "ce-clusters" else None
+    # on the device before the optimiser: a restored optimiser state follows its parameters
+    inner = TrainModule(build_model(cfg.model), num_clusters).to(device)
+    optimizer, scheduler = build_optimizer(inner, cfg.optim, inputs.steps_per_epoch)
+    state = WorkerState(cfg, device, inner, optimizer, scheduler, clusters)
+    _restore(state)
+    state.module = ray.train.torch.prepare_model(maybe_compile(inner, cfg.model))
+    return state
+
+
+def _restore(state: WorkerState) -> None:
+    """Load Ray Train's latest checkpoint of this run into ``state``, if there is one."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        saved = load_checkpoint(
+            directory,
+            model=state.inner.model,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            loss_module=state.inner.classifier,
+            clusters=state.clusters,
+            model_config=state.cfg.model,
+            map_location=state.device,
+        )
+    state.epoch, state.step, state.resumed = saved.epoch, saved.step, True
+    if rank() == 0:
+        log.info("resuming after epoch %d (step %d)", saved.epoch, saved.step)
+
+
+def _recluster_due(cfg: TrainConfig, epoch: int) -> bool:
     if not cfg.is_iterative_clustering or epoch <= cfg.clusters.warmup_epochs:
         return False
     return (epoch - cfg.clusters.warmup_epochs - 1) % cfg.clusters.recluster_every == 0
@@ -54,151 +153,180 @@ def _knn_due(cfg: TrainConfig, epoch: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == cfg.optim.epochs)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``loop_config``: config (a plain dict), table, steps_per_epoch,
-    run_dir, drops (a DropCounter or None), table_stats (dict or None), stream (a StreamPlan,
-    None with data.cache 'worker'), val ((n_train,) bool by index: the validation rows)."""
-    cfg = TrainConfig.from_dict(loop_config["config"])
-    _quiet_ray_logs()
-    run_dir = Path(loop_config["run_dir"])
-    torch.manual_seed(cfg.run.seed)
-    device = ray.train.torch.get_device()
-    _record_pid(run_dir)
-    clusters = ClusterState(
-        0, cluster_state.table_assignment(cfg.data.dataset_dir, loop_config["table"])
-    )
-    num_clusters = clusters.num_clusters if cfg.loss.method == "ce-clusters" else None
-    inner = TrainModule(build_model(cfg.model), num_clusters)
-    optimizer, scheduler = build_optimizer(inner, cfg.optim, loop_config["steps_per_epoch"])
-    epoch, step, clusters, resumed = _restore(cfg, inner, optimizer, scheduler, clusters)
-    module: nn.Module = ray.train.torch.prepare_model(maybe_compile(inner, cfg.model))
-    run_log = RunLog(run_dir, cfg.optim.epochs) if rank() == 0 else None
-    if run_log is not None and resumed:
-        run_log.record({"event": "resume", "after_epoch": epoch, "step": step})
-    if run_log is not None and epoch == 0 and loop_config.get("table_stats"):
-        _log_cluster_stats(run_log, loop_config["table_stats"], 0)
-    augmentation = _worker_augmentation(cfg)
-    memory = _load_memory(cfg, device)
-    while epoch < cfg.optim.epochs:
-        epoch += 1
-        start = time.perf_counter()
-        metrics: dict[str, float] = {}
-        if _epochs_to_recluster(cfg, epoch):
-            clusters = _recluster(module, cfg, clusters, device, run_dir, run_log, step)
-        losses, images, waited = [], 0, 0.0
-        batches = _epoch_batches(cfg, loop_config["stream"], memory, augmentation, device, epoch)
-        while True:
-            asked = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - asked
-            if batch is None:
-                break
-            batch["cluster"] = clusters.ids(batch["index"])
-            losses.append(train_step(module, cfg, batch, optimizer, scheduler))
-            images += batch["views"].shape[0]
-            step += 1
-        seconds = time.perf_counter() - start
-        metrics = {
-            "train/loss": mean_over_ranks(losses, device),  # every rank's steps, not rank 0's
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "train/images_per_s": images * world_size() / seconds,
-            "train/epoch_seconds": seconds,
-            # getting the batches: waiting on Ray Data, or augmenting them here (data.cache worker)
-            "train/input_seconds": waited,
-            "clusters/version": float(clusters.version),
-        }
-        if _knn_due(cfg, epoch):
-            metrics["eval/knn_top1"] = _online_knn(module, cfg, device, loop_config["val"])
-        if loop_config.get("drops") is not None:
-            metrics[DROPPED_METRIC] = float(loop_config["drops"].count())
-        _report(module, cfg, optimizer, scheduler, clusters, run_log, epoch, step, metrics)
-    if run_log is not None:
-        run_log.close()
+@dataclass(frozen=True)
+class BatchSource:
+    """Where this rank's training batches come from: the split in worker memory (data.cache
+    'worker'), or the driver's stream plan (read by Ray Data each epoch)."""
 
+    memory: InMemorySplit | None
+    stream: StreamPlan | None
+    augmentation: ViewAugmentation | None  # the views made here (data.augment_on 'worker')
 
-def _restore(
-    cfg: TrainConfig,
-    inner: TrainModule,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    clusters: ClusterState,
-) -> tuple[int, int, ClusterState, bool]:
-    """(epoch, step, clusters, resumed) from Ray Train's latest checkpoint, if there is one."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, 0, clusters, False
-    with checkpoint.as_directory() as directory:
-        state = load_checkpoint(
-            directory,
-            model=inner.model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            loss_module=inner.classifier,
-            model_config=cfg.model,
+    @classmethod
+    def open(cls, cfg: TrainConfig, stream: StreamPlan | None, device: torch.device) -> BatchSource:
+        augmentation = augmentation_of(cfg) if cfg.data.augment_on == "worker" else None
+        memory = _load_memory(device) if cfg.data.cache == "worker" else None
+        if memory is None and stream is None:
+            raise ValueError("without data.cache 'worker' the driver must send a StreamPlan")
+        return cls(memory, stream, augmentation)
+
+    def epoch(self, state: WorkerState) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches of ``state.epoch``: views (B, V, 3, S, S) float32, and (B,)
+        index and label. Every rank stops when the first runs out (streamed shares differ by a
+        few rows)."""
+        batch_size = state.cfg.data.batch_size_per_worker
+        if self.memory is None:
+            assert self.stream is not None
+            batches = self.stream.iter_epoch(
+                state.epoch,
+                batch_size=batch_size,
+                rank=rank(),
+                world=world_size(),
+                device=state.device,
+                augmentation=self.augmentation,
+            )
+            return until_any_rank_ends(batches, state.device)
+        assert self.augmentation is not None, "data.cache 'worker' implies augment_on 'worker'"
+        return self.memory.batches(
+            epoch=state.epoch,
+            seed=state.cfg.run.seed,
+            rank=rank(),
+            world=world_size(),
+            batch_size=batch_size,
+            augmentation=self.augmentation,
         )
-        clusters = cluster_state.load_state(Path(directory), clusters)
-    log.info("rank %d resumes after epoch %d (step %d)", rank(), state.epoch, state.step)
-    return state.epoch, state.step, clusters, True
 
 
-def _report(
-    module: nn.Module,
-    cfg: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    clusters: ClusterState,
-    run_log: RunLog | None,
-    epoch: int,
-    step: int,
-    metrics: dict[str, float],
-) -> None:
-    """Rank 0 writes the checkpoint directory and the logs; every rank reports (a barrier)."""
-    metrics = {**metrics, "epoch": float(epoch), "step": float(step)}
+def _load_memory(device: torch.device) -> InMemorySplit:
+    """The whole train split, read once from the (unsplit) dataset the driver hands over."""
+    start = time.perf_counter()
+    memory = InMemorySplit.load(ray.train.get_dataset_shard("train"), device)
+    if rank() == 0:
+        log.info(
+            "each worker holds the train split: %d images, %.1f MiB on %s, read in %.1f s",
+            len(memory),
+            memory.nbytes / 2**20,
+            device,
+            time.perf_counter() - start,
+        )
+    return memory
+
+
+def train_one_epoch(state: WorkerState, source: BatchSource) -> dict[str, float]:
+    """The optimiser steps of epoch ``state.epoch`` on this rank; the epoch's metrics (the loss
+    is the mean over every rank's steps, the throughput that of all ranks)."""
+    start = time.perf_counter()
+    losses: list[float] = []
+    images, waited = 0, 0.0
+    batches = source.epoch(state)
+    while True:
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - asked
+        if batch is None:
+            break
+        batch["cluster"] = state.clusters.ids(batch[INDEX])  # (B,) int64, on the device
+        losses.append(train_step(state.module, state.cfg, batch, state.optimizer, state.scheduler))
+        images += batch["views"].shape[0]
+        state.step += 1
+    seconds = time.perf_counter() - start
+    return {
+        "train/loss": mean_over_ranks(losses, state.device),
+        "train/lr": state.optimizer.param_groups[0]["lr"],
+        "train/images_per_s": images * world_size() / seconds,
+        "train/epoch_seconds": seconds,
+        # getting the batches: waiting on Ray Data, or augmenting them here (data.cache worker)
+        "train/input_seconds": waited,
+        "clusters/version": float(state.clusters.version),
+    }
+
+
+def _embed_train_split(state: WorkerState) -> SplitEmbedding | None:
+    """The whole train split embedded by the current model: on rank 0; None elsewhere."""
+    shard = ray.train.get_dataset_shard(EMBED_TRAIN)
+    return embed_split(state.inner.model, shard, state.device, state.cfg.eval.batch_size)
+
+
+def recluster(state: WorkerState, inputs: LoopInputs, run_log: RunLog | None) -> None:
+    """The next version of the clusters on every rank: k-means of the model's embeddings of the
+    whole train split on rank 0, broadcast; rank 0 writes its table and logs its statistics."""
+    cfg = state.cfg
+    embedding = _embed_train_split(state)
+    version = state.clusters.version + 1
+    settings = cfg.run_clusters.kmeans
+    assignment = kmeans_assignment(
+        embedding, inputs.n_train, cfg.clusters.k, settings, version, state.device
+    )
+    state.clusters.set(version, assignment)
+    if run_log is not None:
+        assert embedding is not None, "rank 0 holds the embeddings"
+        stats = publish(
+            state.clusters, embedding.labels, cfg.data.dataset_dir, Path(inputs.run_dir)
+        )
+        _log_cluster_stats(run_log, stats, state.step)
+
+
+def online_knn(state: WorkerState, val: np.ndarray) -> float:
+    """kNN top-1 of the validation rows against the training rows (never the test split), on
+    rank 0; nan on the other ranks and without validation rows (data.val_fraction 0)."""
+    split = _embed_train_split(state)
+    if split is None:
+        return math.nan
+    queries = val[split.index]
+    if not queries.any():
+        return math.nan
+    return knn_top1(
+        split.features[~queries],
+        split.labels[~queries],
+        split.features[queries],
+        split.labels[queries],
+        k=state.cfg.eval.knn_k,
+        temperature=state.cfg.eval.knn_temperature,
+    )
+
+
+def report(state: WorkerState, metrics: dict[str, float], run_log: RunLog | None) -> None:
+    """Every rank reports the epoch's metrics (a barrier); rank 0 also logs them (the epoch's
+    one line) and hands Ray Train the checkpoint."""
+    metrics = {**metrics, "epoch": float(state.epoch), "step": float(state.step)}
     if run_log is None:
         ray.train.report(metrics)
         return
-    run_log.scalars(metrics, step)
+    run_log.scalars(metrics, state.step)
     run_log.record({"event": "epoch", **metrics})
-    run_log.epoch_done(epoch, metrics["train/epoch_seconds"], metrics)
-    inner = train_module(module)
+    run_log.epoch_done(state.epoch, metrics["train/epoch_seconds"], metrics)
     with tempfile.TemporaryDirectory() as directory:
+        inner = state.inner
         save_checkpoint(
             directory,
             model=inner.model,
-            epoch=epoch,
-            step=step,
-            config=cfg,
-            optimizer=optimizer,
-            scheduler=scheduler,
+            epoch=state.epoch,
+            step=state.step,
+            config=state.cfg,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
             loss_module=inner.classifier,
-            cluster_table_version=clusters.version,
+            clusters=state.clusters,
+            cluster_table_version=state.clusters.version,
             extra={"metrics": metrics},
         )
-        cluster_state.save_state(clusters, Path(directory))
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}",
+            checkpoint_dir_name=f"checkpoint_epoch{state.epoch:04d}",
         )
 
 
-def _recluster(
-    module: nn.Module,
-    cfg: TrainConfig,
-    old: ClusterState,
-    device: torch.device,
-    run_dir: Path,
-    run_log: RunLog | None,
-    step: int,
-) -> ClusterState:
-    model = train_module(module).model
-    shard = ray.train.get_dataset_shard(EMBED_TRAIN)
-    embedding = embed_split(model, shard, device, cfg.eval.linear_batch_size)
-    new = cluster_state.recluster(embedding, cfg.clusters, cfg.run.seed, old.version + 1, device)
-    if run_log is not None:
-        stats = cluster_state.publish(new, embedding, cfg.data.dataset_dir, run_dir)
-        _log_cluster_stats(run_log, stats, step)
-    return new
+def _open_run_log(state: WorkerState, inputs: LoopInputs) -> RunLog | None:
+    """Rank 0's RunLog (None elsewhere), with the resume or the starting clusters recorded."""
+    if rank() != 0:
+        return None
+    run_log = RunLog(inputs.run_dir, state.cfg.optim.epochs)
+    if state.resumed:
+        run_log.record({"event": "resume", "after_epoch": state.epoch, "step": state.step})
+    elif inputs.table_stats:
+        _log_cluster_stats(run_log, inputs.table_stats, 0)
+    return run_log
 
 
 def _log_cluster_stats(run_log: RunLog, stats: dict[str, Any], step: int) -> None:
@@ -212,84 +340,6 @@ def _log_cluster_stats(run_log: RunLog, stats: dict[str, Any], step: int) -> Non
     values = {f"clusters/{k}": float(stats[k]) for k in keys if stats.get(k) is not None}
     run_log.scalars(values, step)
     run_log.record({"event": "clusters", **stats})
-
-
-def _online_knn(
-    module: nn.Module, cfg: TrainConfig, device: torch.device, val: np.ndarray
-) -> float:
-    """kNN top-1 of the validation rows against the training rows (never the test split);
-    nan without validation rows (data.val_fraction 0)."""
-    model = train_module(module).model
-    split = embed_split(
-        model, ray.train.get_dataset_shard(EMBED_TRAIN), device, cfg.eval.linear_batch_size
-    )
-    queries = val[split.index]
-    if rank() != 0 or not queries.any():
-        return math.nan
-    return knn_top1(
-        split.features[~queries],
-        split.labels[~queries],
-        split.features[queries],
-        split.labels[queries],
-        k=cfg.eval.knn_k,
-        temperature=cfg.eval.knn_temperature,
-    )
-
-
-def _worker_augmentation(cfg: TrainConfig) -> ViewAugmentation | None:
-    if cfg.data.augment_on != "worker":
-        return None
-    return augmentation_of(cfg)
-
-
-def _load_memory(cfg: TrainConfig, device: torch.device) -> InMemorySplit | None:
-    """With data.cache 'worker': the whole train split, read once from the (unsplit) stream."""
-    if cfg.data.cache != "worker":
-        return None
-    start = time.perf_counter()
-    memory = InMemorySplit.load(ray.train.get_dataset_shard("train"), device)
-    log.info(
-        "rank %d holds the train split: %d images, %.1f MiB on %s, read in %.1f s",
-        rank(),
-        len(memory),
-        memory.nbytes / 2**20,
-        device,
-        time.perf_counter() - start,
-    )
-    return memory
-
-
-def _epoch_batches(
-    cfg: TrainConfig,
-    stream: StreamPlan | None,
-    memory: InMemorySplit | None,
-    augmentation: ViewAugmentation | None,
-    device: torch.device,
-    epoch: int,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """This rank's batches of one epoch: cut from worker memory or streamed by Ray Data (every
-    rank stops when the first runs out: the streamed shares differ by a few rows)."""
-    batch_size = cfg.data.batch_size_per_worker
-    if memory is None:
-        assert stream is not None, "without data.cache 'worker' the driver sends a StreamPlan"
-        batches = stream.iter_epoch(
-            epoch,
-            batch_size=batch_size,
-            rank=rank(),
-            world=world_size(),
-            device=device,
-            augmentation=augmentation,
-        )
-        return until_any_rank_ends(batches, device)
-    assert augmentation is not None, "data.cache 'worker' implies data.augment_on 'worker'"
-    return memory.batches(
-        epoch=epoch,
-        seed=cfg.run.seed,
-        rank=rank(),
-        world=world_size(),
-        batch_size=batch_size,
-        augmentation=augmentation,
-    )
 
 
 def _quiet_ray_logs() -> None:

@@ -29,15 +29,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from clinfo_ray.config import PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import Manifest
 from clinfo_ray.data.row_order import row_permutation
-from clinfo_ray.data.sources.source_table import DATA, PATH, PrepareError, Skipped, SourceTable
+from clinfo_ray.data.write.sources.source_table import (
+    DATA,
+    PATH,
+    PrepareError,
+    Skipped,
+    SourceTable,
+)
 
 log = logging.getLogger(__name__)
 
 SHARD = "shard"  # int: which shard a source row goes to (a column only inside the writer)
-DEFAULT_SHARD_SIZE = 2_000
+DEFAULT_SHARD_SIZE = PrepareConfig.shard_size  # rows per file, the config's default
 # A decompression bomb is an undecodable image here, not a warning.
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 

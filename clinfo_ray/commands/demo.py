@@ -3,7 +3,8 @@
 Prepares the emoji set (npm packages, cached), trains both methods with the same budget on a
 local Ray with 2 Train workers, evaluates both (linear probe and kNN on frozen features), and
 prints a table; the same rows go to ``runs/demo/summary.json``. Running it again resumes or
-reuses finished runs of the same names (``--fresh`` starts over).
+reuses finished runs of the same names (``--fresh`` starts over). ``clinfo-ray demo`` (what
+``make demo`` runs).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from clinfo_ray.config import TrainConfig, apply_overrides, load_config
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+DEMO_CONFIG = "quickstart"  # the bundled config (clinfo_ray/configs/quickstart.yaml)
 
 # (row name, config overrides): the same budget, only the clusters differ.
 METHODS: list[tuple[str, dict[str, Any]]] = [
@@ -28,14 +28,12 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="data/emoji", help="prepared emoji set (made if missing)")
     parser.add_argument("--out", default="runs/demo", help="runs, summary.json, TensorBoard")
-    parser.add_argument("--config", default=str(DEMO_CONFIG))
+    parser.add_argument("--config", default=DEMO_CONFIG, help="a config file or bundled name")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
-    return parser.parse_args(argv)
 
 
 def _row(name: str, cfg: TrainConfig, outcome: Any, scores: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +80,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _prepared_emoji(folder: str) -> Any:
     """The emoji set's manifest; prepared (again) when missing or of an older format."""
+    from clinfo_ray.config import PrepareConfig
     from clinfo_ray.data.manifest import read_manifest
-    from clinfo_ray.data.prepare import PrepareConfig, prepare
+    from clinfo_ray.data.write.prepare import prepare
 
     try:
         return read_manifest(folder)
@@ -95,18 +94,22 @@ def _prepared_emoji(folder: str) -> Any:
     return read_manifest(folder)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    base = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
+def run(args: argparse.Namespace) -> int:
+    from clinfo_ray.commands.common import connect_ray, fail
+    from clinfo_ray.config import ConfigError
+
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress lines
+    try:
+        base = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
+    except ConfigError as err:
+        return fail("demo", err)
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
     from clinfo_ray.evaluation.evaluate import evaluate_checkpoint
     from clinfo_ray.training.launch import train
-    from clinfo_ray.training.ray_session import ensure_ray
 
-    ensure_ray(None, base)
+    connect_ray(cpus_needed=base.run.num_workers * base.run.cpus_per_worker)
     manifest = _prepared_emoji(args.data)
     print(f"emoji set: {manifest.rows} rows, {manifest.num_classes} classes", flush=True)
     rows = []
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(
             base, {**overrides, "run.output_dir": str(out), "run.name": overrides["loss.method"]}
         )
-        print(f"training {name}: {cfg.optim.epochs} epochs, 2 workers ...", flush=True)
+        workers = cfg.run.num_workers
+        print(f"training {name}: {cfg.optim.epochs} epochs, {workers} workers ...", flush=True)
         started = time.perf_counter()
         outcome = train(cfg)
         outcome.metrics["train_seconds"] = time.perf_counter() - started
@@ -136,7 +140,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"summary: {out / 'summary.json'}")
     print(f"tensorboard --logdir {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

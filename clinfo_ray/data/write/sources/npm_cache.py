@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from clinfo_ray.data.sources.source_table import PrepareError
+from clinfo_ray.data.write.sources.source_table import PrepareError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from clinfo_ray.data.sources.source_table import (
+from clinfo_ray.data.write.sources.source_table import (
     PrepareError,
     Skipped,
     SourceTable,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.sources.source_table import (
+from clinfo_ray.data.write.sources.source_table import (
     PrepareError,
     Skipped,
     SourceTable,

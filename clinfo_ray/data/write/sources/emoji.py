@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clinfo_ray.data.sources.npm_cache import fetch_package
-from clinfo_ray.data.sources.source_table import (
+from clinfo_ray.data.write.sources.npm_cache import fetch_package
+from clinfo_ray.data.write.sources.source_table import (
     PrepareError,
     Skipped,
     SourceTable,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.sources.source_table import (
+from clinfo_ray.data.write.sources.source_table import (
     PrepareError,
     Skipped,
     SourceTable,

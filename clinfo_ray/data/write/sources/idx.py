@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.sources.source_table import PrepareError, SourceTable, table_from_columns
+from clinfo_ray.data.write.sources.source_table import PrepareError, SourceTable, table_from_columns
 
 FILES = {
     C.TRAIN: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

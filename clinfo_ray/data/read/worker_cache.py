@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.stream import IMAGE_U8, INDEX
 from clinfo_ray.data.seeding import mixed_seed
-from clinfo_ray.data.stream import IMAGE_U8, INDEX
 
 LOAD_BATCH = 1024
 
@@ -34,7 +34,6 @@ class InMemorySplit:
 
     images: torch.Tensor  # (N, 3, S, S) uint8, on the worker's device
     index: torch.Tensor  # (N,) int64
-    cluster: torch.Tensor  # (N,) int64
     label: torch.Tensor  # (N,) int64, -1 where unlabelled
 
     @classmethod
@@ -42,7 +41,7 @@ class InMemorySplit:
         cls, batches: Iterable[dict[str, Any]], device: torch.device | str = "cpu"
     ) -> InMemorySplit:
         """Collect the batches of an unaugmented stream (``augment_on="worker"``)."""
-        parts: dict[str, list[torch.Tensor]] = {IMAGE_U8: [], INDEX: [], C.CLUSTER: [], C.LABEL: []}
+        parts: dict[str, list[torch.Tensor]] = {IMAGE_U8: [], INDEX: [], C.LABEL: []}
         for batch in batches:
             if IMAGE_U8 not in batch:
                 raise ValueError(
@@ -61,7 +60,6 @@ class InMemorySplit:
         return cls(
             images=torch.cat(parts[IMAGE_U8])[order].contiguous().to(device),
             index=index[order].to(device),
-            cluster=torch.cat(parts[C.CLUSTER]).long()[order].to(device),
             label=torch.cat(parts[C.LABEL]).long()[order].to(device),
         )
 
@@ -113,6 +111,5 @@ class InMemorySplit:
             yield {
                 "views": views,
                 INDEX: self.index[rows],
-                C.CLUSTER: self.cluster[rows],
                 C.LABEL: self.label[rows],
             }

@@ -1,19 +1,21 @@
 """The streamed training input: Parquet -> decode -> V augmented views -> one Train worker.
 
 For splits too large to hold on every worker (``data.cache``: ``none`` or ``object_store``). The
-driver builds a :class:`StreamPlan` once (the split's pieces, its id -> cluster lookup, which
-rows train, and with ``cache=True`` every piece decoded into Ray's object store); the plan goes
-to the Train workers in ``train_loop_config`` and each worker makes its own Ray Data dataset of
+driver builds a :class:`StreamPlan` once (the split's pieces, its sorted ids, which rows
+train, and with ``cache=True`` every piece decoded into Ray's object store); the plan goes to
+the Train workers in ``train_loop_config`` and each worker makes its own Ray Data dataset of
 every epoch::
 
-    plan = StreamPlan.build(data_dir, augmentation=aug, clusters=table, seed=0, drops=drops)
+    plan = StreamPlan.build(data_dir, augmentation=aug, seed=0, drops=drops)
     # on rank r of w, each epoch:
     for batch in plan.iter_epoch(epoch, rank=r, world=w, batch_size=128, device=device):
         batch["views"]    # (B, V, 3, S, S) float32 in [0, 1], on ``device``
-        batch["cluster"]  # (B,) int64: the image's cluster (its index when no table is given)
         batch["label"]    # (B,) int64, -1 where the dataset has no label
         batch["index"]    # (B,) int64: the image's row in the split (ids sorted)
     drops.count()         # the metric "data/dropped_images": images that failed to decode
+
+The stream knows no clusters: a worker maps ``index`` to its cluster itself
+(``clinfo_ray.clusters.assignment.clusters_by_index``), so re-clustering needs no new stream.
 
 Every random draw comes from the plan's seed (``run.seed``) and the epoch, rank or piece: the
 same seed gives the same batches on every rank, whatever order Ray runs the tasks in.
@@ -53,15 +55,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 
 from clinfo_ray.data import columns as C
-from clinfo_ray.data.augment import ViewAugmentation
-from clinfo_ray.data.decode import decode_batch
 from clinfo_ray.data.manifest import sorted_ids, split_files
-from clinfo_ray.data.parquet_pieces import PIECE, list_pieces, read_pieces
+from clinfo_ray.data.read.augment import ViewAugmentation
+from clinfo_ray.data.read.decode import decode_batch
+from clinfo_ray.data.read.parquet_pieces import PIECE, list_pieces, read_pieces
 from clinfo_ray.data.seeding import (
     BATCH_BUFFER,
     PIECE_ORDER,
@@ -129,72 +130,41 @@ class DropCounter:
         ray.kill(self._handle)
 
 
-def read_cluster_table(clusters: pa.Table | str | Path) -> pa.Table:
-    """An ``id -> cluster`` table from a Table or a Parquet file, checked and cast."""
-    table = pq.read_table(clusters) if isinstance(clusters, (str, Path)) else clusters
-    missing = {C.ID, C.CLUSTER} - set(table.column_names)
-    if missing:
-        raise ValueError(f"cluster table: missing column(s) {sorted(missing)}")
-    table = table.select([C.ID, C.CLUSTER])
-    if not pa.types.is_integer(table.schema.field(C.CLUSTER).type):
-        raise ValueError(f"cluster table: cluster must be integer, got {table.schema[1].type}")
-    return table.cast(C.CLUSTER_SCHEMA)
-
-
-class ClusterLookup:
-    """The ids of one split (sorted; an image's position is its ``index``) and their clusters."""
-
-    def __init__(self, ids: pa.Array, clusters: pa.Array) -> None:
-        self.ids, self.clusters = ids, clusters
-
-    @classmethod
-    def build(cls, files: list[str], clusters: pa.Table | str | Path | None) -> ClusterLookup:
-        ids = sorted_ids(files)
-        if clusters is None:  # instance discrimination: every image its own cluster
-            return cls(ids, pa.array(np.arange(len(ids), dtype=np.int64)))
-        table = read_cluster_table(clusters)
-        pos = pc.index_in(ids, value_set=table.column(C.ID).combine_chunks())
-        absent = pc.is_null(pos)
-        if pc.any(absent).as_py():
-            example = pc.filter(ids, absent)[0].as_py()
-            n = pc.sum(absent.cast(pa.int64())).as_py()
-            raise ValueError(f"cluster table: {n} image id(s) have no cluster, e.g. {example!r}")
-        return cls(ids, pc.take(table.column(C.CLUSTER).combine_chunks(), pos))
-
-    def lookup(self, batch_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """(index, cluster) int64 arrays for ``batch_ids``."""
-        pos = pc.index_in(batch_ids, value_set=self.ids)
-        if pc.any(pc.is_null(pos)).as_py():
-            raise ValueError("an image id of the stream is not in its split's id list")
-        return pos.to_numpy().astype(np.int64), pc.take(self.clusters, pos).to_numpy()
-
-
 class DecodeViews:
-    """Rows of the split -> the kept rows' index, cluster, label and uint8 image.
+    """Rows of the split -> the kept rows' index, label and uint8 image.
 
-    ``keep``: (n,) bool by ``index``, the rows that stay (None: all); the others are filtered
-    before decoding. Rows that fail to decode are dropped and reported to ``drops``. The output
-    carries the rows' piece numbers when the input has them.
+    ``ids``: the split's ids, sorted (``manifest.sorted_ids``): a row's ``index`` is the
+    position of its id there. ``keep``: (n,) bool by ``index``, the rows that stay (None: all);
+    the others are filtered before decoding. Rows that fail to decode are dropped and reported
+    to ``drops``. The output carries the rows' piece numbers when the input has them.
     """
 
     def __init__(
         self,
         *,
-        lookup: ClusterLookup,
+        ids: pa.Array,
         decode_size: int,
         drops: DropCounter | None,
         keep: np.ndarray | None = None,
     ) -> None:
-        if keep is not None and keep.shape != (len(lookup.ids),):
-            raise ValueError(f"keep has shape {keep.shape}; the split has {len(lookup.ids)} rows")
-        self.lookup, self.decode_size, self.keep, self.drops = lookup, decode_size, keep, drops
+        if keep is not None and keep.shape != (len(ids),):
+            raise ValueError(f"keep has shape {keep.shape}; the split has {len(ids)} rows")
+        self.ids, self.decode_size, self.keep, self.drops = ids, decode_size, keep, drops
+
+    def index_of(self, batch_ids: pa.Array) -> np.ndarray:
+        """(n,) int64 ``index`` of each id of ``batch_ids``."""
+        pos = pc.index_in(batch_ids, value_set=self.ids)
+        if pos.null_count:
+            example = pc.filter(batch_ids, pc.is_null(pos))[0].as_py()
+            raise ValueError(f"image id {example!r} of the stream is not in its split's id list")
+        return pos.to_numpy().astype(np.int64)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         torch.set_num_threads(1)  # one task per core: no oversubscription
-        index, cluster = self.lookup.lookup(batch.column(C.ID).combine_chunks())
+        index = self.index_of(batch.column(C.ID).combine_chunks())
         if self.keep is not None:
             kept = self.keep[index]
-            batch, index, cluster = batch.filter(pa.array(kept)), index[kept], cluster[kept]
+            batch, index = batch.filter(pa.array(kept)), index[kept]
         images, ok, reasons = decode_batch(batch.column(C.IMAGE).to_pylist(), self.decode_size)
         if not ok.all():
             ids = batch.column(C.ID).combine_chunks()
@@ -205,7 +175,7 @@ class DecodeViews:
             if self.drops is not None:
                 self.drops.add(list(zip(bad, reasons, strict=True)))
         label = batch.column(C.LABEL).combine_chunks().fill_null(-1).to_numpy(zero_copy_only=False)
-        out = {INDEX: index[ok], C.CLUSTER: cluster[ok], C.LABEL: label.astype(np.int64)[ok]}
+        out = {INDEX: index[ok], C.LABEL: label.astype(np.int64)[ok]}
         if PIECE in batch.column_names:
             out[PIECE] = batch.column(PIECE).to_numpy()[ok]
         return {**out, IMAGE_U8: images}
@@ -303,7 +273,6 @@ class StreamPlan:
         augmentation: ViewAugmentation | None,
         decode_size: int | None = None,
         split: str = C.TRAIN,
-        clusters: pa.Table | str | Path | None = None,
         keep: np.ndarray | None = None,
         seed: int = 0,
         drops: DropCounter | None = None,
@@ -314,19 +283,17 @@ class StreamPlan:
         """The plan of one split. ``augmentation``: the views, made in Ray Data's tasks; None
         hands out decoded images (``augment_on="worker"``, reading a split for evaluation).
         ``decode_size``: the side images are decoded to before the random crop (default:
-        ``augmentation.size``). ``clusters``: an ``id -> cluster`` table (or Parquet path)
-        covering every image of the split; None gives instance clusters. ``keep``: (n,) bool
-        by index, the rows streamed (None: all). ``cache``: decode every piece once now (Ray
-        tasks) and keep the uint8 rows in the object store (N·3·decode_size² bytes)."""
+        ``augmentation.size``). ``keep``: (n,) bool by index, the rows streamed (None: all).
+        ``cache``: decode every piece once now (Ray tasks) and keep the uint8 rows in the
+        object store (N·3·decode_size² bytes)."""
         size = decode_size or (augmentation.size if augmentation is not None else None)
         if size is None:
             raise ValueError("decode_size is needed when there is no augmentation")
         files = split_files(dataset_dir, split)
-        lookup = ClusterLookup.build(files, clusters)
         piece_rows = min(piece_rows, task_rows)
         pieces = list_pieces(files, piece_rows)
         pieces = pieces.append_column(PIECE, pa.array(np.arange(pieces.num_rows), pa.int64()))
-        decode = DecodeViews(lookup=lookup, decode_size=size, drops=drops, keep=keep)
+        decode = DecodeViews(ids=sorted_ids(files), decode_size=size, drops=drops, keep=keep)
         plan = cls(pieces, decode, augmentation, seed, task_rows // piece_rows)
         if not cache:
             return plan
@@ -418,7 +385,7 @@ def iter_views(
         local_shuffle_seed=seed if local_shuffle_buffer_size else None,
     )
     for i, batch in enumerate(batches):
-        out = {k: batch[k].to(device, non_blocking=True) for k in (C.CLUSTER, C.LABEL, INDEX)}
+        out = {k: batch[k].to(device, non_blocking=True) for k in (C.LABEL, INDEX)}
         if VIEWS in batch:
             out[VIEWS] = batch[VIEWS].to(device, non_blocking=True).float().div_(255.0)
         else:

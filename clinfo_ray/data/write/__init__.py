@@ -1,0 +1,1 @@
+"""Writing datasets: sources listed, images checked, rows shuffled, Parquet shards + manifest."""
