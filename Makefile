@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-# Set explicitly: token authentication otherwise depends on what ran on this machine before.
-export RAY_AUTH_MODE ?= disabled
+# Ray's token authentication on for every cluster these targets start (set explicitly: left
+# unset, it depends on whether ~/.ray/auth_token exists). The tests bring a token of their own
+# (tests/conftest.py); `make demo` uses ~/.ray/auth_token, which Ray writes when missing.
+export RAY_AUTH_MODE ?= token
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: test test-fast demo lint install clean

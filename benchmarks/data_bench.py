@@ -193,7 +193,9 @@ def build_variants(
     if any(m.startswith("ray") for m in modes):
         import ray
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        from clinfo_ray.commands.common import require_token_auth
+
+        require_token_auth()
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # a line per epoch otherwise

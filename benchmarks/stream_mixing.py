@@ -15,7 +15,6 @@ SimCLR).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -56,7 +55,9 @@ def _sorted_copy(src: Path, dst: Path) -> Path:
 def main() -> None:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from clinfo_ray.commands.common import require_token_auth
+
+    require_token_auth()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="stream_mixing_"))

@@ -10,14 +10,24 @@ one on first use) fails at teardown.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Token authentication otherwise depends on what ran on this machine before (~/.ray/auth_token).
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's token authentication on, as for the clusters the commands start (RAY_AUTH_MODE set
+# explicitly: left unset, Ray's choice depends on whether ~/.ray/auth_token exists). The clusters
+# of the session get a token of their own, in the environment that every process they start
+# inherits (RAY_AUTH_TOKEN wins over RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token): nothing is
+# written to disk, ~/.ray is neither read nor written, and the token ends with the session. A
+# mode or token set by the caller is kept.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if os.environ["RAY_AUTH_MODE"] == "token" and not (
+    os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 pytest_plugins = ("pytester",)  # tests/test_conftest_marks.py runs small suites of its own

@@ -36,7 +36,7 @@ def test_every_readme_command_parses_and_its_config_loads() -> None:
             load_config(args.config, flag_overrides(args))  # raises on a bad key or value
 
 
-@pytest.mark.parametrize("job", ["prepare", "clusters", "train", "eval"])
+@pytest.mark.parametrize("job", ["prepare", "clusters", "train", "eval", "tune"])
 def test_jobs_delegate_to_the_commands(job: str) -> None:
     """``python jobs/X.py`` from a checkout is ``clinfo-ray X``: the same options."""
     result = subprocess.run(

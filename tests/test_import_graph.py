@@ -36,6 +36,7 @@ UNITS: dict[str, float] = {
     f"{PACKAGE}.checkpointing": 4,
     f"{PACKAGE}.evaluation": 5,
     f"{PACKAGE}.training": 6,
+    f"{PACKAGE}.tuning": 6.5,
     f"{PACKAGE}.commands": 7,
 }
 # Modules placed by name rather than by prefix: the root package alone is the root unit (its

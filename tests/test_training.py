@@ -206,13 +206,18 @@ def _registered_epoch(run_dir: Path) -> int:
     return int(name.removeprefix("checkpoint_epoch"))
 
 
+def _worker_pid(run_dir: Path, rank: int) -> int:
+    """The pid the rank's worker of the current attempt recorded (worker.py ``_record_pid``)."""
+    return int(json.loads((run_dir / PID_DIR / f"rank{rank}").read_text())["pid"])
+
+
 def _kill_a_worker_after_epoch(run_dir: Path, epoch: int, killed: list[int]) -> None:
     """SIGKILL the rank-1 worker process once the checkpoint of ``epoch`` is registered."""
     deadline = time.time() + 300
     while time.time() < deadline:
         registered = _registered_epoch(run_dir)
         if registered >= epoch:
-            pid = int((run_dir / PID_DIR / "rank1").read_text())
+            pid = _worker_pid(run_dir, 1)
             os.kill(pid, signal.SIGKILL)
             killed.extend([pid, registered])
             return
@@ -236,7 +241,7 @@ def test_killed_worker_resumes_from_checkpoint(shapes: Path, tmp_path: Path) -> 
     # Resumed from the newest registered checkpoint (or a later one, reported meanwhile).
     resumes = _records(outcome.run_dir, "resume")
     assert len(resumes) == 1 and resumes[0]["after_epoch"] >= registered >= 2
-    assert int((outcome.run_dir / PID_DIR / "rank1").read_text()) != pid
+    assert _worker_pid(outcome.run_dir, 1) != pid
     epochs = [r["epoch"] for r in _records(outcome.run_dir, "epoch")]
     assert epochs[-1] == 8.0 and 1.0 not in epochs[epochs.index(float(registered)) :]
     state = read_checkpoint_state(outcome.checkpoint)

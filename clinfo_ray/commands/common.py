@@ -9,6 +9,8 @@ import os
 
 log = logging.getLogger(__name__)
 
+AUTH_MODE_VAR = "RAY_AUTH_MODE"  # Ray's switch: "token" or "disabled"
+
 
 def setup_logging(verbose: bool = False) -> None:
     """INFO (DEBUG with ``verbose``) to stderr, one format for every command and job."""
@@ -19,15 +21,38 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing, at INFO
 
 
+def require_token_auth() -> bool:
+    """Ray's token authentication for the cluster this process is about to start, unless the
+    user chose otherwise; whether it is on.
+
+    ``RAY_AUTH_MODE`` unset becomes ``token`` (in this process and every process Ray starts from
+    it); a value the user set, ``disabled`` included, is kept. Ray reads the mode once, when it
+    is imported, so after setting it Ray's configuration is read again (what Ray does itself when
+    it switches the mode): otherwise the head would require a token that this driver neither
+    makes nor sends. ``ray.init`` of a new local cluster then makes the token if there is none
+    (``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``,
+    which it writes; ``ray get-auth-token`` prints it).
+    """
+    if AUTH_MODE_VAR not in os.environ:
+        os.environ[AUTH_MODE_VAR] = "token"
+        from ray._raylet import Config  # type: ignore[attr-defined]  # compiled: no stub
+
+        Config.initialize("")
+    return os.environ[AUTH_MODE_VAR].strip().lower() == "token"
+
+
 def connect_ray(address: str | None = None, *, cpus_needed: float = 0.0) -> None:
     """``ray.init`` once: the given address, else ``RAY_ADDRESS`` (which ``ray job submit``
     sets), else a new local cluster sized for the work.
 
     A local cluster gets at least ``cpus_needed`` + 2 logical CPUs (the Train workers' CPUs plus
     two for Ray Data's tasks: with 2 workers x 1 CPU on a 2-core machine the read tasks would
-    otherwise never run) and its dashboard on 127.0.0.1 only (Ray Train's placement-group
-    cleaner asks the state API, which the dashboard serves). Ray Data's progress bars are off:
-    the commands print one line per epoch or stage instead.
+    otherwise never run), token authentication unless ``RAY_AUTH_MODE`` says otherwise
+    (:func:`require_token_auth`), and its dashboard, which also serves the job API, on
+    127.0.0.1 only (Ray Train's placement-group cleaner asks the state API, which the dashboard
+    serves). Joining a cluster changes no setting: its mode and token come from the environment
+    (a job's driver inherits the cluster's). Ray Data's progress bars are off: the commands
+    print one line per epoch or stage instead.
     """
     import ray
 
@@ -36,6 +61,7 @@ def connect_ray(address: str | None = None, *, cpus_needed: float = 0.0) -> None
         if address:
             ray.init(address=address, configure_logging=False)
         else:
+            token_auth = require_token_auth()
             cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed) + 2 if cpus_needed else 0)
             context = ray.init(
                 address="local",
@@ -45,9 +71,17 @@ def connect_ray(address: str | None = None, *, cpus_needed: float = 0.0) -> None
                 configure_logging=False,
             )
             if context.dashboard_url:
-                log.info("Ray dashboard: http://%s", context.dashboard_url)
+                log.info(
+                    "Ray dashboard: http://%s (token authentication %s)",
+                    context.dashboard_url,
+                    "on: `ray get-auth-token` prints the token" if token_auth else "off",
+                )
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False
+    # Ray Data's per-dataset INFO lines ("execution finished"), and its one warning that the
+    # bars are off, are noise beside the commands' own lines; its other warnings stay.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     data_context.print_on_execution_start = False
 
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "turn a dataset into clinfo-ray Parquet shards",
     "clusters": "build a cluster assignment table (or print a table's statistics)",
     "train": "train a representation on Ray Train",
+    "tune": "search training hyperparameters with Ray Tune (ASHA on the validation kNN)",
     "eval": "linear probe and kNN of a checkpoint's frozen features",
     "demo": "Cl-InfoNCE on tag clusters against SimCLR on the emoji set, end to end",
 }

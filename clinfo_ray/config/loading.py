@@ -22,14 +22,14 @@ from clinfo_ray.config.train_config import TrainConfig, _Root, set_leaf
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class _YamlLoader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
 
 
-_YamlLoader.yaml_implicit_resolvers = {
+YamlLoader.yaml_implicit_resolvers = {
     ch: list(resolvers) for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_YamlLoader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
@@ -68,7 +68,7 @@ def parse_set_overrides(items: Sequence[str], root: type[_Root] = TrainConfig) -
             raise ConfigError(f"--set {item!r}: expected dotted.key=value", key=key)
         tp = root.field_type(key)  # an unknown key fails here, naming it
         try:
-            value = yaml.load(text, Loader=_YamlLoader) if text.strip() else None
+            value = yaml.load(text, Loader=YamlLoader) if text.strip() else None
         except yaml.YAMLError:
             value = text.strip()  # not a YAML scalar: the text itself (the type check decides)
         is_list = typing.get_origin(tp) is tuple
@@ -90,7 +90,7 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
 def _line_of(text: str, key: str) -> int | None:
     """1-based line of a dotted key in a YAML text (None when it is not written there)."""
     try:
-        node = yaml.compose(text, Loader=_YamlLoader)
+        node = yaml.compose(text, Loader=YamlLoader)
     except yaml.YAMLError:
         return None
     line = None
@@ -116,7 +116,7 @@ def load_config(
     path = config_path(path)
     try:
         text = path.read_text()
-        raw = yaml.load(text, Loader=_YamlLoader) or {}
+        raw = yaml.load(text, Loader=YamlLoader) or {}
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
     except yaml.YAMLError as err:

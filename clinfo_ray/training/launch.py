@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,9 +194,10 @@ def build_inputs(
     return inputs, datasets
 
 
-def train(cfg: TrainConfig) -> TrainOutcome:
+def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Run (or resume: same run.name and output_dir) one training run on the connected Ray
-    (a local one is started when none is)."""
+    (a local one is started when none is). ``callbacks``: extra Ray Train callbacks of the run
+    (a Tune trial's report to Tune)."""
     from clinfo_ray.data.read.stream import DropCounter
 
     steps_per_epoch = check_before_ray(cfg)
@@ -209,12 +211,14 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     drops = DropCounter.create()
     try:
         inputs, datasets = build_inputs(cfg, run_dir, table, stats, steps_per_epoch, drops)
-        return _fit(cfg, inputs, datasets)
+        return _fit(cfg, inputs, datasets, callbacks)
     finally:
         drops.close()  # one actor per run: a Tune search would otherwise pile them up
 
 
-def _fit(cfg: TrainConfig, inputs: LoopInputs, datasets: dict[str, Any]) -> TrainOutcome:
+def _fit(
+    cfg: TrainConfig, inputs: LoopInputs, datasets: dict[str, Any], callbacks: Sequence[Any] = ()
+) -> TrainOutcome:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -234,6 +238,7 @@ def _fit(cfg: TrainConfig, inputs: LoopInputs, datasets: dict[str, Any]) -> Trai
             storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         # every worker reads these whole; the training stream is cut by the workers themselves

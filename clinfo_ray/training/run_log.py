@@ -51,7 +51,9 @@ class RunLog:
         recent = self._epoch_seconds[-5:]
         eta = sum(recent) / len(recent) * (self.total_epochs - epoch)
         shown = " ".join(
-            f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if math.isfinite(v)
+            f"{k.split('/')[-1]}={v:.4g}"
+            for k, v in metrics.items()
+            if math.isfinite(v) and k != "epoch"  # the line starts with it
         )
         line = (
             f"epoch {epoch}/{self.total_epochs} {shown} "

@@ -3,6 +3,7 @@ each epoch re-cluster when due, train, evaluate when due, and report."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from clinfo_ray.training.run_log import RunLog
 log = logging.getLogger(__name__)
 
 EMBED_TRAIN = "embed_train"  # the whole train split, unaugmented: kNN bank + queries, k-means
-PID_DIR = ".worker_pids"  # rank -> pid of the current attempt (operators and tests read it)
+PID_DIR = ".worker_pids"  # rank{r}: JSON {"pid", "node_id"} of the current attempt (ops, tests)
 LOOP_INPUTS = "inputs"  # the key of the LoopInputs in train_loop_config
 
 
@@ -357,6 +358,13 @@ def _quiet_ray_logs() -> None:
 
 
 def _record_pid(run_dir: Path) -> None:
+    """``<run_dir>/.worker_pids/rank{r}``: this attempt's worker, as JSON ``{"pid": int,
+    "node_id": str}`` (the Ray node it runs on). Written whole then renamed: a reader polling
+    the file never sees half of it."""
     folder = run_dir / PID_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank{rank()}").write_text(str(os.getpid()))
+    record = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+    target = folder / f"rank{rank()}"
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, target)
