@@ -20,7 +20,12 @@ import dataclasses
 import json
 from typing import Any
 
-from clinfo_ray.commands.flags import add_config_arguments, add_section_flags, flag_overrides
+from clinfo_ray.commands.flags import (
+    add_address_argument,
+    add_config_arguments,
+    add_section_flags,
+    flag_overrides,
+)
 from clinfo_ray.config import ClustersConfig, DataConfig, EvalConfig, TrainConfig, load_or_default
 
 SUMMARY_KEYS = (
@@ -41,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stats-only", metavar="FILE.parquet", help="print the statistics of an existing table"
     )
     parser.add_argument("--checkpoint", metavar="DIR", help="kmeans: the model to embed with")
-    parser.add_argument("--address", help="Ray cluster for kmeans' inference pass")
+    add_address_argument(parser)
     add_config_arguments(parser)
     add_section_flags(
         parser,

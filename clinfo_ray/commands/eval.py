@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clinfo_ray.commands.flags import add_section_flags, flag_overrides
+from clinfo_ray.commands.flags import add_address_argument, add_section_flags, flag_overrides
 from clinfo_ray.config import EvalConfig
 
 
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", metavar="DIR", help="prepared dataset (default: the checkpoint's data)"
     )
     parser.add_argument("--out", metavar="DIR", help="results folder (default: CHECKPOINT/../eval)")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
+    add_address_argument(parser)
     add_section_flags(parser.add_argument_group("eval"), EvalConfig)
     parser.add_argument(
         "--set",

@@ -154,3 +154,13 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
             value = "true" if value else "false"
         items.append(f"{key}={value}")
     return [*items, *getattr(args, "overrides", [])]
+
+
+def add_address_argument(parser: argparse.ArgumentParser) -> None:
+    """``--address``: the Ray cluster to join (the one policy: :func:`connect_ray`)."""
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (default: the one `ray job submit` or RAY_ADDRESS names, "
+        "else a new local one with its dashboard on 127.0.0.1)",
+    )

@@ -12,14 +12,19 @@ import argparse
 import sys
 from typing import Any
 
-from clinfo_ray.commands.flags import add_config_arguments, add_section_flags, flag_overrides
+from clinfo_ray.commands.flags import (
+    add_address_argument,
+    add_config_arguments,
+    add_section_flags,
+    flag_overrides,
+)
 from clinfo_ray.config import PrepareConfig, PrepareJob, load_or_default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_section_flags(parser, PrepareConfig, positional=("source",))
     add_config_arguments(parser)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
+    add_address_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> PrepareConfig:

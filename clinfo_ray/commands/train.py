@@ -9,17 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from clinfo_ray.commands.flags import add_config_arguments, flag_overrides
+from clinfo_ray.commands.flags import add_address_argument, add_config_arguments, flag_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, required=True)
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to join (default: the one `ray job submit` or RAY_ADDRESS names, "
-        "else a new local one)",
-    )
+    add_address_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from clinfo_ray.commands.flags import add_config_arguments, flag_overrides
+from clinfo_ray.commands.flags import add_address_argument, add_config_arguments, flag_overrides
 
 if TYPE_CHECKING:
     from clinfo_ray.config import TrainConfig
@@ -82,12 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how values are drawn: random (and grids; default) or optuna (TPE; needs the "
         "optuna extra: pip install 'clinfo-ray[optuna]')",
     )
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to join (default: the one `ray job submit` or RAY_ADDRESS names, "
-        "else a new local one)",
-    )
+    add_address_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

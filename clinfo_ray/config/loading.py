@@ -40,17 +40,22 @@ def bundled_configs() -> list[str]:
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))
 
 
-def config_path(name_or_path: str | Path) -> Path:
-    """A config file: the path itself when it exists, else a bundled config of that name."""
+def named_file(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """The file itself when the path exists, else ``folder/NAME.yaml`` for a bare NAME; a
+    ConfigError listing the names in ``folder`` otherwise."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    bundled = BUNDLED_DIR / f"{name_or_path}.yaml"
-    if "/" not in str(name_or_path) and bundled.is_file():
-        return bundled
-    raise ConfigError(
-        f"no config file {str(name_or_path)!r} (bundled configs: {', '.join(bundled_configs())})"
-    )
+    shipped = folder / f"{name_or_path}.yaml"
+    if "/" not in str(name_or_path) and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+    raise ConfigError(f"no {what} file {str(name_or_path)!r} (shipped: {known})")
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: the path itself when it exists, else a bundled config of that name."""
+    return named_file(name_or_path, BUNDLED_DIR, "config")
 
 
 def _is_text(tp: Any) -> bool:

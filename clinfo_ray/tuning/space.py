@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
-from clinfo_ray.config.loading import YamlLoader
+from clinfo_ray.config.loading import YamlLoader, named_file
 
 Kind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 LIST_KINDS = ("choice", "grid")
@@ -146,14 +146,7 @@ class SearchSpace:
 
 def space_path(name_or_path: str | Path) -> Path:
     """A space file: the path itself when it exists, else ``tune_spaces/NAME.yaml``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = SPACES_DIR / f"{name_or_path}.yaml"
-    if "/" not in str(name_or_path) and shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))) or "none"
-    raise ConfigError(f"no search space file {str(name_or_path)!r} (shipped spaces: {known})")
+    return named_file(name_or_path, SPACES_DIR, "search space")
 
 
 def _key_lines(text: str) -> dict[tuple[str, str], int]:
