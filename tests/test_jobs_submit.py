@@ -362,9 +362,6 @@ def test_a_client_without_the_token_is_refused(head: Head) -> None:
     assert listed.returncode == 0, listed.stderr[-2000:]
 
 
-@pytest.mark.skipif(
-    not (REPO / "jobs" / "tune.py").is_file(), reason="jobs/tune.py does not exist yet"
-)
 def test_tune_job_runs_two_trials(head: Head, shapes: Path, work: Path) -> None:
     out = work / "tune-runs"
     config = _tiny_config(work / "tune.yaml", shapes, out, "tune-base", workers=1)
