@@ -111,7 +111,14 @@ class DropCounter:
 
     @classmethod
     def create(cls) -> DropCounter:
-        return cls(_DropCounterActor.remote())  # type: ignore[attr-defined]
+        # on the driver's node: a worker node lost mid-run must not take the count with it
+        # (the run resumes on other nodes; the driver's node going means the run is over)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        return cls(
+            _DropCounterActor.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
+        )
 
     def add(self, examples: list[tuple[str, str]]) -> None:
         # Waits for the actor: a fire-and-forget call may still be in flight when the task that
