@@ -118,3 +118,13 @@ def write_metadata_dataset(root: Path, rows: dict[str, list], shards: int = 2) -
     manifest = {"format_version": C.FORMAT_VERSION, "rows": {C.TRAIN: train, C.TEST: n - train}}
     (root / C.MANIFEST).write_text(json.dumps(manifest))
     return root
+
+
+def registered_epoch(run_dir: Path) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered for a run (0 while none)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(name.removeprefix("checkpoint_epoch"))

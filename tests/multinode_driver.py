@@ -107,16 +107,6 @@ def worker_records(run_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def registered_epoch(run_dir: Path) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered (0 while there is none)."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return int(name.removeprefix("checkpoint_epoch"))
-
-
 def _say(message: str) -> None:
     print(f"[multinode_driver {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -156,6 +146,8 @@ def lose_a_node(cluster: Any, run_dir: Path, training: Training, timeout_s: floa
     """Once the checkpoint of LOSE_AFTER_EPOCH is registered, kill every process of the worker
     node that holds rank 0, then add a fresh worker node of the same size. Returns what it did."""
     deadline = time.monotonic() + timeout_s
+    from tests.datasets import registered_epoch  # the repo is on sys.path (main)
+
     while registered_epoch(run_dir) < LOSE_AFTER_EPOCH:
         if not training.is_alive():
             raise RuntimeError("the run ended before a checkpoint was registered")

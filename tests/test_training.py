@@ -29,6 +29,7 @@ from clinfo_ray.model import build_model
 from clinfo_ray.training.launch import check_before_ray, train, val_by_index
 from clinfo_ray.training.objective import TrainModule
 from clinfo_ray.training.worker import PID_DIR
+from tests.datasets import registered_epoch
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -196,16 +197,6 @@ def test_every_loss_method_trains_two_epochs_on_two_workers(
         assert losses[0] > 1.0
 
 
-def _registered_epoch(run_dir: Path) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered (0 if none)."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return int(name.removeprefix("checkpoint_epoch"))
-
-
 def _worker_pid(run_dir: Path, rank: int) -> int:
     """The pid the rank's worker of the current attempt recorded (worker.py ``_record_pid``)."""
     return int(json.loads((run_dir / PID_DIR / f"rank{rank}").read_text())["pid"])
@@ -215,7 +206,7 @@ def _kill_a_worker_after_epoch(run_dir: Path, epoch: int, killed: list[int]) -> 
     """SIGKILL the rank-1 worker process once the checkpoint of ``epoch`` is registered."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        registered = _registered_epoch(run_dir)
+        registered = registered_epoch(run_dir)
         if registered >= epoch:
             pid = _worker_pid(run_dir, 1)
             os.kill(pid, signal.SIGKILL)
