@@ -59,3 +59,26 @@ def supcon(
     log_prob = logits - torch.logsumexp(logits.masked_fill(~not_self, -math.inf), 1, keepdim=True)
     mean_log_prob_pos = (log_prob * positive).sum(1) / positive.sum(1)
     return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def proto_nce_reference(
+    features: torch.Tensor,
+    cluster_ids: torch.Tensor,
+    centroids: list[torch.Tensor],
+    concentrations: list[torch.Tensor],
+) -> torch.Tensor:
+    """PCL's ProtoNCE as a loop over granularities, anchors and prototypes: for each view v of
+    image b, -log softmax_j(<v, c_j> / φ_j) at its image's cluster; mean over anchors, then m."""
+    num_images, num_views, _ = features.shape
+    per_level = []
+    for m, (protos, phi) in enumerate(zip(centroids, concentrations, strict=True)):
+        losses = []
+        for b in range(num_images):
+            for v in range(num_views):
+                z = features[b, v].double()
+                z = z / torch.sqrt(torch.dot(z, z))
+                logits = [torch.dot(z, protos[j].double()) / phi[j] for j in range(len(phi))]
+                log_denominator = torch.logsumexp(torch.stack(logits), dim=0)
+                losses.append(log_denominator - logits[int(cluster_ids[b, m])])
+        per_level.append(torch.stack(losses).mean())
+    return torch.stack(per_level).mean()

@@ -191,6 +191,15 @@ def test_cross_section_checks() -> None:
             {"clusters.method": "kmeans", "clusters.table_path": "t.parquet"},
             r"clusters\.table_path.*clusters\.method 'kmeans'",
         ),
+        # pcl's prototypes are k-means of its own embeddings: no other clusters, no table
+        (
+            {"loss.method": "pcl", "clusters.method": "tags"},
+            r"clusters\.method: loss\.method 'pcl' always uses kmeans clusters; got 'tags'",
+        ),
+        (
+            {"loss.method": "pcl", "clusters.table_path": "t.parquet"},
+            r"clusters\.table_path.*loss\.method 'pcl'",
+        ),
     ],
 )
 def test_unsupported_method_combinations_name_the_keys(
@@ -214,3 +223,34 @@ def test_supported_method_combinations_load() -> None:
     assert apply_overrides(
         TrainConfig(), {"loss.method": "clinfonce-kmeans"}
     ).is_iterative_clustering
+
+
+def test_pcl_implies_kmeans_and_reads_its_granularities() -> None:
+    cfg = apply_overrides(TrainConfig(), {"loss.method": "pcl"})
+    assert cfg.cluster_method == "kmeans" and cfg.is_iterative_clustering
+    assert cfg.run_clusters.method == "kmeans"
+    assert cfg.loss.pcl_ks == (50, 100, 200) and cfg.loss.proto_weight == 1.0
+    assert apply_overrides(cfg, {"clusters.method": "kmeans"}).cluster_method == "kmeans"
+    assert apply_overrides(cfg, {"loss.pcl_ks": [8, 4]}).loss.pcl_ks == (8, 4)
+    assert apply_overrides(cfg, {"loss.pcl_ks": "8, 16"}).loss.pcl_ks == (8, 16)
+    flags = parse_set_overrides(["loss.pcl_ks=[3,6]", "loss.proto_weight=0.5"])
+    tuned = apply_overrides(cfg, flags)
+    assert tuned.loss.pcl_ks == (3, 6) and tuned.loss.proto_weight == 0.5
+    one = apply_overrides(cfg, parse_set_overrides(["loss.pcl_ks=12"]))  # YAML reads an int
+    assert one.loss.pcl_ks == (12,)
+    assert TrainConfig.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
+
+
+@pytest.mark.parametrize("value", [[], [1], [50, 1], "50,x", [2.5, 4], [True, 4], "0", None])
+def test_bad_pcl_ks_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"loss\.pcl_ks") as raised:
+        apply_overrides(TrainConfig(), {"loss.method": "pcl", "loss.pcl_ks": value})
+    assert raised.value.key == "loss.pcl_ks"
+
+
+def test_bad_pcl_ks_from_set_says_where_it_came_from(tmp_path: Path) -> None:
+    path = _write(tmp_path, "loss:\n  method: pcl\n")
+    with pytest.raises(ConfigError, match=r"loss\.pcl_ks.*each >= 2.*from --set loss\.pcl_ks"):
+        load_config(path, ["loss.pcl_ks=4,1"])
+    with pytest.raises(ConfigError, match=r"loss\.proto_weight: must be >= 0"):
+        apply_overrides(TrainConfig(), {"loss.proto_weight": -1})

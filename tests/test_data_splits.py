@@ -70,3 +70,15 @@ def test_a_million_ids_take_seconds_not_minutes() -> None:
     mask = val_mask(ids, 0.1)
     assert time.perf_counter() - start < 10.0  # ~0.6 s measured; generous for a busy machine
     assert abs(mask.mean() - 0.1) < 0.002
+
+
+def test_id_suffix_keeps_every_rendering_of_an_emoji_on_one_side() -> None:
+    keys = [f"{i:05X}" for i in range(2000)]
+    ids = [f"{style}/{key}" for key in keys for style in ("google", "apple", "twitter")]
+    mask = val_mask(ids, 0.1, "id_suffix").reshape(len(keys), 3)
+    assert (mask.all(axis=1) | ~mask.any(axis=1)).all()  # all three renderings, or none
+    assert 150 < mask[:, 0].sum() < 250  # a tenth of the emoji
+    by_id = val_mask(ids, 0.1).reshape(len(keys), 3)
+    assert not (by_id.all(axis=1) | ~by_id.any(axis=1)).all()  # per id they do split up
+    with pytest.raises(ValueError, match="val_group"):
+        val_mask(ids, 0.1, "style")

@@ -37,6 +37,7 @@ UNITS: dict[str, float] = {
     f"{PACKAGE}.evaluation": 5,
     f"{PACKAGE}.training": 6,
     f"{PACKAGE}.tuning": 6.5,
+    f"{PACKAGE}.study": 6.8,
     f"{PACKAGE}.commands": 7,
 }
 # Modules placed by name rather than by prefix: the root package alone is the root unit (its

@@ -83,6 +83,7 @@ def test_split_by_style_keeps_classes_and_separates_styles():
     assert len(test) == twitter and all(r[C.ID].startswith("twitter/") for r in test)
     assert len(table.skipped) == 1911 - twitter
     assert {r[C.LABEL] for r in test} <= {r[C.LABEL] for r in train}
+    assert table.val_group == "id_suffix"  # several renderings: validation per emoji too
 
 
 def test_emoji_hierarchy_is_category_then_subcategory(tmp_path):
@@ -96,6 +97,7 @@ def test_emoji_hierarchy_is_category_then_subcategory(tmp_path):
     rows = {r[C.ID]: r for r in table.rows.to_pylist()}
     assert rows["google/1F600"][C.HIERARCHY] == ["Smileys & Emotion", "face-smiling"]
     assert rows["google/1F98A"][C.HIERARCHY] == ["Animals & Nature", "animal-mammal"]
+    assert table.val_group == "id"  # one style: the demo's validation rows stay as they were
 
 
 def test_code_points_join_drops_the_variation_selector():

@@ -44,7 +44,7 @@ def shapes(shapes_dataset: Path) -> Path:
 
 
 # loss methods whose clusters are fixed (clusters.method must be left out for them)
-FIXED_CLUSTERS = ("simclr", "supcon", "clinfonce-kmeans")
+FIXED_CLUSTERS = ("simclr", "supcon", "clinfonce-kmeans", "pcl")
 
 
 def _config(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
@@ -156,6 +156,12 @@ METHODS = {
     "clinfonce-kmeans": ["clusters.k=4", "clusters.warmup_epochs=1"],
     "supcon": [],
     "ce-clusters": [],
+    # no warm-up: prototypes from epoch 1, rebuilt before epoch 2
+    "pcl": [
+        "loss.pcl_ks=[4,8]",
+        "clusters.warmup_epochs=0",
+        "clusters.recluster_every=1",
+    ],
 }
 
 
@@ -179,6 +185,8 @@ def test_every_loss_method_trains_two_epochs_on_two_workers(
 
     if method == "clinfonce-kmeans":  # instances for the warm-up epoch, then its own k-means
         assert outcome.cluster_stats is None and state.cluster_table_version == 1
+    if method == "pcl":
+        _check_pcl_prototypes(outcome.run_dir, outcome.checkpoint, state.cluster_table_version)
     elif method in ("simclr", "supcon"):  # instances / the 2 shape labels of the tiny set
         expected = {"simclr": 48, "supcon": 2}[method]
         assert outcome.cluster_stats["num_clusters"] == expected
@@ -195,6 +203,24 @@ def test_every_loss_method_trains_two_epochs_on_two_workers(
         assert losses[0] < 2 * math.log(k)
     else:  # Cl-InfoNCE over 2 x 16 views: about log(31) at the start, far above 0
         assert losses[0] > 1.0
+
+
+def _check_pcl_prototypes(run_dir: Path, checkpoint: Path, version: int) -> None:
+    """PCL re-clustered before both epochs; its checkpoint holds the last prototypes."""
+    assert version == 2
+    rebuilds = _records(run_dir, "clusters")
+    assert [r["version"] for r in rebuilds] == [1, 2]
+    for r in rebuilds:  # the published table is the first granularity's (k = 4)
+        sizes = r["prototype_clusters"]
+        assert len(sizes) == 2 and sizes[0] == r["num_clusters"]
+        assert 2 <= sizes[0] <= 4 and 2 <= sizes[1] <= 8
+    assert [r["clusters/version"] for r in _records(run_dir, "epoch")] == [1.0, 2.0]
+    saved = torch.load(checkpoint / CLUSTERS_FILE, weights_only=True)
+    assert saved["version"] == 2 and saved["prototype_assignments"].shape == (2, 48)
+    assert [tuple(c.shape) for c in saved["centroids"]] == [(k, 128) for k in sizes]
+    for c, phi in zip(saved["centroids"], saved["concentrations"], strict=True):
+        torch.testing.assert_close(c.norm(dim=1), torch.ones(c.shape[0]))
+        assert float(phi.mean()) == pytest.approx(0.1, rel=1e-5) and bool((phi > 0).all())
 
 
 def _worker_pid(run_dir: Path, rank: int) -> int:

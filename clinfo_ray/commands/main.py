@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "clusters": "build a cluster assignment table (or print a table's statistics)",
     "train": "train a representation on Ray Train",
     "tune": "search training hyperparameters with Ray Tune (ASHA on the validation kNN)",
+    "study": "train and evaluate every (method, seed) of a study; its statistics and page",
     "eval": "linear probe and kNN of a checkpoint's frozen features",
     "demo": "Cl-InfoNCE on tag clusters against SimCLR on the emoji set, end to end",
 }

@@ -92,19 +92,24 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{where}: not valid YAML: {what}")
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """1-based line of a dotted key in a YAML text (None when it is not written there)."""
+def line_of(text: str, key: str) -> int | None:
+    """1-based line of a dotted key in a YAML text (None when it is not written there). A
+    mapping may spell part of the key as one dotted name (``set: {optim.lr: 0.1}``): the
+    longest such name is followed."""
     try:
         node = yaml.compose(text, Loader=YamlLoader)
     except yaml.YAMLError:
         return None
     line = None
-    for part in key.split("."):
+    parts = key.split(".")
+    while parts:
         if not isinstance(node, yaml.MappingNode):
             return line
-        for name, value in node.value:
-            if name.value == part:
-                line, node = name.start_mark.line + 1, value
+        names = {name.value: (name, value) for name, value in node.value}
+        for size in range(len(parts), 0, -1):
+            found = names.get(".".join(parts[:size]))
+            if found is not None:
+                line, node, parts = found[0].start_mark.line + 1, found[1], parts[size:]
                 break
         else:
             return line
@@ -137,7 +142,7 @@ def load_config(
         if err.key in parsed:
             where = f"from --set {err.key}={parsed[err.key]!r}"
         else:
-            line = _line_of(text, err.key) if err.key else None
+            line = line_of(text, err.key) if err.key else None
             where = f"in {path}" + (f" line {line}" if line else "")
             if parsed:
                 where += " with the --set overrides"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 BackboneName = Literal["small_cnn", "resnet18", "resnet50"]
 ClusterMethod = Literal["tags", "tags-kmeans", "hierarchy", "labels", "instance", "kmeans"]
-LossMethod = Literal["simclr", "clinfonce", "clinfonce-kmeans", "supcon", "ce-clusters"]
+LossMethod = Literal["simclr", "clinfonce", "clinfonce-kmeans", "supcon", "ce-clusters", "pcl"]
 # Where a stage runs: "auto" is the GPU when there is one (faiss: when faiss sees one; Ray: when
 # the cluster offers one), else the CPU. One spelling for every stage.
 Device = Literal["auto", "cpu", "gpu"]
@@ -60,12 +60,14 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
     elif origin is Literal:
         if isinstance(value, str) and value in typing.get_args(tp):
             return value
-    elif origin is tuple:  # tuple[str, ...]: a YAML list, or one comma-separated string
+    elif origin is tuple:  # tuple[str | int, ...]: a YAML list, or one comma-separated string
         item = typing.get_args(tp)[0]
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = [_item_of(part.strip(), item) for part in value.split(",") if part.strip()]
+        elif item is int and isinstance(value, int) and not isinstance(value, bool):
+            value = [value]  # --set loss.pcl_ks=50: YAML reads one number, not a list
         if isinstance(value, list | tuple):
-            if all(isinstance(v, item) for v in value):
+            if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
                 return tuple(value)
     elif isinstance(tp, type) and issubclass(tp, _Section):
         if isinstance(value, tp):
@@ -81,6 +83,17 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
     elif isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r}", key=key)
+
+
+def _item_of(text: str, item: Any) -> Any:
+    """One part of a comma-separated list: an int when the list holds ints and it reads as one
+    (else the text, which the type check then refuses, naming the key)."""
+    if item is int:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return text
 
 
 class _Section:
@@ -223,11 +236,11 @@ class ClustersConfig(_Section):
     """Where each image's cluster id comes from (used by clinfonce and ce-clusters)."""
 
     SECTION: ClassVar[str] = "clusters"
-    # None: what loss.method implies (simclr: instance, supcon: labels, clinfonce-kmeans:
-    # kmeans; clinfonce and ce-clusters: tags-kmeans). Naming another one than the loss uses
-    # is an error, never silently overridden.
+    # None: what loss.method implies (simclr: instance, supcon: labels, clinfonce-kmeans and
+    # pcl: kmeans; clinfonce and ce-clusters: tags-kmeans). Naming another one than the loss
+    # uses is an error, never silently overridden.
     method: ClusterMethod | None = None
-    k: int = 100  # clusters of tags-kmeans and kmeans
+    k: int = 100  # clusters of tags-kmeans and kmeans (pcl: loss.pcl_ks)
     top_k: int = 20  # tags kept by the `tags` method (at most 2**top_k clusters)
     tag_ranking: Literal["entropy", "frequency"] = "entropy"
     tags_include: tuple[str, ...] = ()  # tags, tags-kmeans: only these tags (empty: all)
@@ -294,13 +307,22 @@ class LossConfig(_Section):
 
     SECTION: ClassVar[str] = "loss"
     method: LossMethod = "clinfonce"
+    # Cl-InfoNCE's temperature; pcl: also the mean of each granularity's concentrations
     temperature: float = 0.1
     base_temperature: float | None = None  # loss scaled by temperature / base_temperature
+    # pcl: clusters of each granularity of the k-means prototypes, in any order (the first
+    # one's table is the one published). Here, not in clusters: only the loss uses them
+    # (`clinfo-ray clusters` never builds prototypes).
+    pcl_ks: tuple[int, ...] = (50, 100, 200)
+    proto_weight: float = 1.0  # pcl: weight of the ProtoNCE term (the InfoNCE term's is 1)
 
     def _validate(self) -> None:
         self._require(self.temperature > 0, "temperature", "> 0")
         ok = self.base_temperature is None or self.base_temperature > 0
         self._require(ok, "base_temperature", "> 0 or null")
+        ok = len(self.pcl_ks) >= 1 and all(k >= 2 for k in self.pcl_ks)
+        self._require(ok, "pcl_ks", "a non-empty list of cluster counts, each >= 2")
+        self._require(self.proto_weight >= 0, "proto_weight", ">= 0")
 
 
 @dataclass(frozen=True)

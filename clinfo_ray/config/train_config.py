@@ -31,7 +31,12 @@ from clinfo_ray.config.sections import (
 )
 
 # Loss methods that fix their clusters (clusters.method may be left out or name the same).
-_FIXED_CLUSTERS = {"simclr": "instance", "supcon": "labels", "clinfonce-kmeans": "kmeans"}
+_FIXED_CLUSTERS = {
+    "simclr": "instance",
+    "supcon": "labels",
+    "clinfonce-kmeans": "kmeans",
+    "pcl": "kmeans",  # its prototypes: k-means of the model's own embeddings, per loss.pcl_ks
+}
 _DEFAULT_CLUSTERS = "tags-kmeans"  # of clinfonce and ce-clusters when clusters.method is None
 
 
@@ -188,8 +193,8 @@ class TrainConfig(_Root):
 
     @property
     def cluster_method(self) -> str:
-        """The clusters the run uses: simclr -> instance, supcon -> labels, clinfonce-kmeans ->
-        kmeans; clinfonce and ce-clusters: clusters.method (tags-kmeans when left out)."""
+        """The clusters the run uses: simclr -> instance, supcon -> labels, clinfonce-kmeans and
+        pcl -> kmeans; clinfonce and ce-clusters: clusters.method (tags-kmeans when left out)."""
         fixed = _FIXED_CLUSTERS.get(self.loss.method)
         return fixed or self.clusters.method or _DEFAULT_CLUSTERS
 

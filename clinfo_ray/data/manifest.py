@@ -34,7 +34,9 @@ class Manifest:
     ``{"source": ..., "reason": ...}`` for every input left out. ``row_order`` says how rows are
     ordered across the files: ``{"permutation_seed": S}`` when ``prepare`` wrote the source rows
     in the permutation ``numpy.random.default_rng(S).permutation(n)`` (so neighbouring rows are
-    unrelated), empty for a folder written by hand in whatever order.
+    unrelated), empty for a folder written by hand in whatever order. ``val_group`` says how the
+    validation split groups rows (:func:`clinfo_ray.data.splits.val_mask`): ``id`` (each row
+    alone) or ``id_suffix`` (the multi-style emoji set: every rendering of one emoji together).
     """
 
     source: str
@@ -47,9 +49,12 @@ class Manifest:
     format_version: int = C.FORMAT_VERSION
     options: dict[str, object] = field(default_factory=dict)
     row_order: dict[str, Any] = field(default_factory=dict)
+    val_group: str = "id"
 
     def __post_init__(self) -> None:
         check_format_version(self.format_version)
+        if self.val_group not in ("id", "id_suffix"):
+            raise ValueError(f"val_group: 'id' or 'id_suffix', got {self.val_group!r}")
 
     @property
     def num_classes(self) -> int:

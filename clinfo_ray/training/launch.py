@@ -79,7 +79,8 @@ def val_by_index(cfg: TrainConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _val_by_index(dataset_dir: str, written: int, fraction: float) -> np.ndarray:
-    mask = val_mask(sorted_ids(split_files(dataset_dir, C.TRAIN)), fraction)
+    group = read_manifest(dataset_dir).val_group
+    mask = val_mask(sorted_ids(split_files(dataset_dir, C.TRAIN)), fraction, group)
     mask.setflags(write=False)
     return mask
 

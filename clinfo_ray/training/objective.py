@@ -9,6 +9,8 @@ clinfonce        Cl-InfoNCE with the clusters of a table (tags, hierarchy, label
 clinfonce-kmeans Cl-InfoNCE with clusters from k-means of the model's own embeddings
 supcon           Cl-InfoNCE with the downstream labels (unlabelled images: their own cluster)
 ce-clusters      cross-entropy of a linear classifier over the clusters, on encoder features
+pcl              NT-Xent (as simclr) + ProtoNCE against k-means prototypes at each of
+                 ``loss.pcl_ks``'s granularities (PCL; NT-Xent alone before the first k-means)
 ===============  ===========================================================================
 """
 
@@ -22,8 +24,18 @@ from torch import nn
 from clinfo_ray.checkpointing import unwrap_model
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.read.augment import ViewAugmentation
-from clinfo_ray.losses import ClusterCrossEntropy, cl_infonce, cluster_cross_entropy
+from clinfo_ray.losses import (
+    ClusterCrossEntropy,
+    Prototypes,
+    cl_infonce,
+    cluster_cross_entropy,
+    pcl_loss,
+)
 from clinfo_ray.model import ContrastiveModel
+
+# Batch key of PCL's (B, M) int64 clusters of each image at each granularity (the worker adds
+# it once there are prototypes: ``PrototypeLevels.ids``).
+PROTOTYPE_IDS = "prototype_cluster"
 
 
 class TrainOutput(NamedTuple):
@@ -79,15 +91,25 @@ def cluster_ids_for(
     method: str, *, index: torch.Tensor, cluster: torch.Tensor, label: torch.Tensor
 ) -> torch.Tensor:
     """(B,) int64 ids whose equal values are positives, for the contrastive methods."""
-    if method == "simclr":
+    if method in ("simclr", "pcl"):  # pcl: its instance term's
         return index  # the image's row in its split: unique
     if method == "supcon":  # an image without a label is its own class: -(index + 1) < 0
         return torch.where(label >= 0, label, -(index + 1))
     return cluster
 
 
-def batch_loss(cfg: TrainConfig, batch: dict[str, torch.Tensor], out: TrainOutput) -> torch.Tensor:
-    """The method's loss of one batch given :class:`TrainModule`'s outputs."""
+def batch_loss(
+    cfg: TrainConfig,
+    batch: dict[str, torch.Tensor],
+    out: TrainOutput,
+    prototypes: Prototypes | None = None,
+) -> torch.Tensor:
+    """The method's loss of one batch given :class:`TrainModule`'s outputs.
+
+    ``prototypes``: PCL's, once it has some (then ``batch[PROTOTYPE_IDS]`` holds each image's
+    clusters). They are constants held by the worker's ``ClusterState``, not module buffers:
+    DDP would broadcast buffers every step and the model's checkpoint would carry them.
+    """
     method = cfg.loss.method
     if method == "ce-clusters":
         if out.logits is None:
@@ -98,6 +120,16 @@ def batch_loss(cfg: TrainConfig, batch: dict[str, torch.Tensor], out: TrainOutpu
     ids = cluster_ids_for(
         method, index=batch["index"], cluster=batch["cluster"], label=batch["label"]
     )
+    if method == "pcl":
+        return pcl_loss(
+            out.projections,
+            ids,
+            cfg.loss.temperature,
+            prototypes=prototypes,
+            cluster_ids=None if prototypes is None else batch[PROTOTYPE_IDS],
+            proto_weight=cfg.loss.proto_weight,
+            base_temperature=cfg.loss.base_temperature,
+        )
     return cl_infonce(out.projections, ids, cfg.loss.temperature, cfg.loss.base_temperature)
 
 
@@ -107,16 +139,18 @@ def train_step(
     batch: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    prototypes: Prototypes | None = None,
 ) -> float:
     """One optimiser step on one batch; returns the loss.
 
     ``batch``: views (B, V, 3, S, S) float32, and (B,) int64 index, label (-1: unlabelled) and
-    cluster (the worker maps each index to its cluster: ``ClusterState.ids``).
+    cluster (the worker maps each index to its cluster: ``ClusterState.ids``); with PCL's
+    ``prototypes``, also its (B, M) int64 ``PROTOTYPE_IDS``.
     """
     views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
         out = module(views)
-        loss = batch_loss(cfg, batch, out)
+        loss = batch_loss(cfg, batch, out, prototypes)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -30,9 +30,20 @@ from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, w
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
-from clinfo_ray.training.cluster_state import ClusterState, kmeans_assignment, publish
+from clinfo_ray.training.cluster_state import (
+    ClusterState,
+    kmeans_assignment,
+    prototype_kmeans,
+    publish,
+)
 from clinfo_ray.training.embedding import SplitEmbedding, embed_split
-from clinfo_ray.training.objective import TrainModule, augmentation_of, train_module, train_step
+from clinfo_ray.training.objective import (
+    PROTOTYPE_IDS,
+    TrainModule,
+    augmentation_of,
+    train_module,
+    train_step,
+)
 from clinfo_ray.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -227,7 +238,12 @@ def train_one_epoch(state: WorkerState, source: BatchSource) -> dict[str, float]
         if batch is None:
             break
         batch["cluster"] = state.clusters.ids(batch[INDEX])  # (B,) int64, on the device
-        losses.append(train_step(state.module, state.cfg, batch, state.optimizer, state.scheduler))
+        prototypes = state.clusters.prototypes  # PCL's, after its first k-means; else None
+        if state.clusters.levels is not None:
+            batch[PROTOTYPE_IDS] = state.clusters.levels.ids(batch[INDEX])  # (B, M) int64
+        losses.append(
+            train_step(state.module, state.cfg, batch, state.optimizer, state.scheduler, prototypes)
+        )
         images += batch["views"].shape[0]
         state.step += 1
     seconds = time.perf_counter() - start
@@ -250,15 +266,29 @@ def _embed_train_split(state: WorkerState) -> SplitEmbedding | None:
 
 def recluster(state: WorkerState, inputs: LoopInputs, run_log: RunLog | None) -> None:
     """The next version of the clusters on every rank: k-means of the model's embeddings of the
-    whole train split on rank 0, broadcast; rank 0 writes its table and logs its statistics."""
+    whole train split on rank 0 (PCL: one per granularity, with prototypes), broadcast; rank 0
+    writes its table and logs its statistics."""
     cfg = state.cfg
     embedding = _embed_train_split(state)
     version = state.clusters.version + 1
     settings = cfg.run_clusters.kmeans
-    assignment = kmeans_assignment(
-        embedding, inputs.n_train, cfg.clusters.k, settings, version, state.device
-    )
-    state.clusters.set(version, assignment)
+    if cfg.loss.method == "pcl":
+        levels = prototype_kmeans(
+            embedding,
+            inputs.n_train,
+            cfg.loss.pcl_ks,
+            settings,
+            version,
+            temperature=cfg.loss.temperature,
+            dim=state.inner.model.proj_dim,
+            device=state.device,
+        )
+        state.clusters.set_levels(version, levels)
+    else:
+        assignment = kmeans_assignment(
+            embedding, inputs.n_train, cfg.clusters.k, settings, version, state.device
+        )
+        state.clusters.set(version, assignment)
     if run_log is not None:
         assert embedding is not None, "rank 0 holds the embeddings"
         stats = publish(

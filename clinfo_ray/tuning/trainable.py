@@ -103,7 +103,7 @@ def abort_train_run(controller: Any, timeout_s: float = ABORT_TIMEOUT_S) -> None
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
     """The trial's body: its config from the drawn values, the shared clusters, then a whole
     training run reporting every epoch to Tune."""
-    _quiet_ray_data()
+    quiet_ray_data()
     trial_id = tune.get_context().get_trial_id()
     cfg = with_shared_clusters(plan.trial_config(config, trial_id), plan.clusters_dir)
     try:
@@ -114,7 +114,7 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         raise
 
 
-def _quiet_ray_data() -> None:
+def quiet_ray_data() -> None:
     """As in the driver (connect_ray): no progress bars, no line per dataset execution."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

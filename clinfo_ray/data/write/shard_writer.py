@@ -181,6 +181,7 @@ def write_dataset(
             files=files,
             options=dict(options or {}),
             row_order={"permutation_seed": seed},
+            val_group=source.val_group,
         )
         manifest.write(tmp)
         if out.exists():

@@ -85,7 +85,9 @@ def emoji_rows(
         coarse_labels=cols["coarse"],
         hierarchy=cols["hierarchy"],
     )
-    return SourceTable(rows, class_names, coarse_names, skipped)
+    # several renderings of an emoji: the validation split, like the test split, is per emoji
+    val_group = "id_suffix" if len(image_dirs) > 1 else "id"
+    return SourceTable(rows, class_names, coarse_names, skipped, val_group)
 
 
 def load_emoji(

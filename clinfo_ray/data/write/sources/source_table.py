@@ -56,6 +56,7 @@ class SourceTable:
     class_names: list[str] = field(default_factory=list)
     coarse_class_names: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    val_group: str = "id"  # how the validation split groups rows (Manifest.val_group)
 
     def __post_init__(self) -> None:
         self.rows = self.rows.select(SOURCE_SCHEMA.names).cast(SOURCE_SCHEMA)

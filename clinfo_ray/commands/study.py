@@ -1,0 +1,257 @@
+"""``clinfo-ray study --config NAME|FILE [--quick] [--report-only] [--out DIR] [--page FILE]``.
+
+Trains every (method, seed) of a study as a trial of a Ray Tune grid, evaluates each trained
+encoder once (the linear probe chosen on the validation split, then the test split), and writes
+the raw results (``results.jsonl``, ``meta.json``), the statistics, plots and the results page.
+Running it again resumes the study; ``--report-only`` rewrites the page and plots from the raw
+results alone, without Ray. A bad study file fails in one line before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shlex
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clinfo_ray.commands.flags import add_address_argument
+
+if TYPE_CHECKING:
+    from clinfo_ray.config import TrainConfig
+    from clinfo_ray.study.spec import Study
+
+log = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+WALL_FILE = "wall_seconds.json"  # the study's wall time over all its invocations
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the study: a YAML path, or the name of a bundled one (study_cpu, study_gpu, "
+        "study_setting_cpu)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training config override for every trial (wins over the study's own)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the study's reduced grid (its 'quick' section)"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the page and plots from OUT's results.jsonl and meta.json; no training",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where the raw results, plots and page go (default: the study's folder, "
+        "<run.output_dir>/study/NAME)",
+    )
+    parser.add_argument(
+        "--page",
+        default=None,
+        metavar="FILE",
+        help="the results page (default: OUT/results.md)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        metavar="M",
+        help="trials run at once (default: what the cluster's CPUs and GPUs fit)",
+    )
+    add_address_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clinfo_ray.commands.common import fail
+    from clinfo_ray.config import ConfigError, parse_set_overrides
+    from clinfo_ray.study.spec import load_study
+
+    try:
+        study = load_study(args.config, parse_set_overrides(args.set), quick=args.quick)
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent: must be >= 1; got {args.max_concurrent}")
+    except ConfigError as err:
+        return fail("study", err)
+    from clinfo_ray.study.run import study_dir
+
+    out = Path(args.out) if args.out else study_dir(study)
+    page = Path(args.page) if args.page else out / "results.md"
+    if args.report_only:
+        return _report(study, out, page, args, wall_seconds=None)
+    started = time.perf_counter()
+    try:
+        status = _train(study, args)
+    finally:  # an interrupted invocation's time counts too (Ctrl-C, an exception)
+        total = add_wall_seconds(study_dir(study), time.perf_counter() - started)
+    if status != 0:
+        return status
+    return _report(study, out, page, args, wall_seconds=total)
+
+
+def add_wall_seconds(folder: Path, seconds: float) -> float:
+    """Add one invocation's wall time to the study's total (``wall_seconds.json`` in its
+    folder: a study resumed over several invocations sums them); the new total."""
+    import json
+
+    path = folder / WALL_FILE
+    total = seconds + (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seconds": total}) + "\n")
+    return float(total)
+
+
+def _train(study: Study, args: argparse.Namespace) -> int:
+    from clinfo_ray.commands.common import connect_ray, fail
+    from clinfo_ray.config import ConfigError
+    from clinfo_ray.training.launch import check_before_ray
+    from clinfo_ray.tuning.search import trial_resources
+
+    data_dir = Path(study.base.data.dataset_dir)
+    needs_data = not (data_dir / "manifest.json").is_file()
+    if needs_data and study.prepare is None:
+        return fail(
+            "study",
+            f"data.dataset_dir: {data_dir} holds no dataset and the study has "
+            "no 'prepare' section to make it",
+        )
+    try:
+        if not needs_data:
+            for trial in study.grid():
+                check_before_ray(study.trial_config(**trial))
+    except ConfigError as err:
+        return fail("study", err)
+    one_trial = trial_resources(study.base, gpu=False)["CPU"]
+    connect_ray(args.address, cpus_needed=one_trial * (args.max_concurrent or 1))
+    if needs_data:
+        from clinfo_ray.data.write.prepare import prepare
+
+        assert study.prepare is not None
+        log.info("preparing %s", study.prepare.out)
+        prepare(study.prepare)
+    return _grid(study, args.max_concurrent)
+
+
+def _grid(study: Study, max_concurrent: int | None) -> int:
+    import ray
+
+    from clinfo_ray.commands.common import fail
+    from clinfo_ray.devices import ray_uses_gpu
+    from clinfo_ray.study.run import RESULTS_FILE, run_grid, study_dir, study_records
+    from clinfo_ray.training.launch import with_absolute_paths
+    from clinfo_ray.tuning.search import derived_max_concurrent
+
+    study = _with_base(study, with_absolute_paths(study.base))
+    gpu = ray_uses_gpu(study.base.run.device)
+    concurrent = max_concurrent or derived_max_concurrent(study.base, ray.cluster_resources(), gpu)
+    folder = study_dir(study)
+    log.info(
+        "study %s: %d methods x %d seeds, %d trial(s) at once, in %s",
+        study.name,
+        len(study.methods),
+        len(study.seeds),
+        concurrent,
+        folder,
+    )
+    grid = run_grid(study, concurrent)
+    records = study_records(study, folder / RESULTS_FILE)
+    errors = [r for r in grid if r.error is not None]
+    for result in errors:
+        log.error("trial failed: %s", str(result.error).splitlines()[0])
+    missing = len(study.grid()) - len(records)
+    if missing:
+        return fail(
+            "study",
+            f"{missing} of {len(study.grid())} trials have no result "
+            "(run the command again to resume them)",
+            status=1,
+        )
+    return 0
+
+
+def _with_base(study: Study, base: TrainConfig) -> Study:
+    import dataclasses
+
+    return dataclasses.replace(study, base=base)
+
+
+def machine_line() -> str:
+    """This machine in a few words: CPUs, memory, accelerator."""
+    import os
+
+    import torch
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    where = f"{platform.machine()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} CPUs, {memory:.0f} GiB, {gpu} ({where})"
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that trains this study, as a user types it (the page quotes it)."""
+    words = ["clinfo-ray", "study", "--config", args.config]
+    words += ["--quick"] * args.quick
+    for flag, value in (("--out", args.out), ("--page", args.page)):
+        words += [flag, value] if value else []
+    for item in args.set:
+        words += ["--set", item]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _report(
+    study: Study, out: Path, page: Path, args: argparse.Namespace, wall_seconds: float | None
+) -> int:
+    """Copy the study's raw results to OUT (when elsewhere), record the run in meta.json, and
+    write the page and plots from OUT's files alone."""
+    import datetime
+    import json
+
+    from clinfo_ray.commands.common import fail
+    from clinfo_ray.study.records import StudyMeta, read_records
+    from clinfo_ray.study.report import write_report
+    from clinfo_ray.study.run import RESULTS_FILE, SETTINGS_FILE, study_dir, study_records
+
+    results = out / RESULTS_FILE
+    meta_path = out / META_FILE
+    if wall_seconds is not None:  # a run that trained: (re)write OUT's raw files
+        records = study_records(study, study_dir(study) / RESULTS_FILE)
+        out.mkdir(parents=True, exist_ok=True)
+        results.write_text("".join(r.to_json() + "\n" for r in records))
+        meta = StudyMeta(
+            name=study.name,
+            command=command_line(args),
+            machine=machine_line(),
+            date=datetime.date.today().isoformat(),
+            wall_seconds=wall_seconds,
+            metric=study.metric,
+            methods=tuple((m.name, m.about) for m in study.methods),
+            notes=study.notes,
+        )
+        meta_path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+        if study.setting_search:  # the setting search's records, beside the study's
+            found = read_records(Path(study.setting_search))
+            (out / SETTINGS_FILE).write_text("".join(r.to_json() + "\n" for r in found))
+    if not (results.is_file() and meta_path.is_file()):
+        return fail("study", f"--report-only: {out} has no {RESULTS_FILE} and {META_FILE}")
+    meta = StudyMeta.from_dict(json.loads(meta_path.read_text()))
+    records = read_records(results)
+    settings = read_records(out / SETTINGS_FILE)  # [] when the study shows no setting search
+    if any(r.setting for r in records):  # a setting search's own page
+        records, settings = [], records
+    write_report(records, list(study.claims), meta, out, page, setting_records=settings)
+    print(f"results: {results}")
+    print(f"page:    {page}")
+    return 0

@@ -1,0 +1,201 @@
+"""What a study keeps: one ``TrialRecord`` per trained and evaluated (method, seed), the claims
+it tests and the facts about the run that the results page prints.
+
+``results.jsonl`` holds one record a line, appended (and fsynced) as each trial finishes, so an
+interrupted study keeps what it finished. ``meta.json`` holds the ``StudyMeta``. Accuracies are
+fractions in [0, 1]; information quantities are in bits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+RESULTS_FILE = "results.jsonl"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trained encoder of the study, evaluated once.
+
+    val: {"knn_top1", "linear_top1"} on the validation split. test: {"knn_top1", "linear_top1",
+    "linear_top5"}, None for a run never evaluated on test (the setting search). probe: the
+    linear probe chosen on val, {"weight_decay", "epochs", "train_top1"}. clusters: the
+    clusters the run trained with, {"num_clusters", "mutual_information_bits",
+    "conditional_entropy_bits"}, None for SimCLR (every image its own cluster).
+    """
+
+    method: str  # the study's method name, e.g. "simclr", "tags-top8", "supcon"
+    seed: int
+    loss_method: str  # loss.method of the run
+    cluster_method: str  # clusters.method of the run ("instance" for simclr)
+    val: dict[str, float]
+    test: dict[str, float] | None
+    probe: dict[str, float]
+    clusters: dict[str, float] | None
+    epochs: int
+    train_seconds: float
+    eval_seconds: float
+    trial_id: str = ""
+    setting: str = ""  # the setting's name in the setting search; "" in the study proper
+
+    def to_json(self) -> str:
+        """One line of JSON, keys sorted; floats as Python writes them (``repr``, which reads
+        back to the same float). A NaN or infinity raises ValueError: JSON has no such value."""
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> TrialRecord:
+        """The record of one line of ``to_json``; ValueError naming a missing or unknown key."""
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError(f"a record is a JSON object, got {type(data).__name__}")
+        _check_keys(data, cls)
+        return cls(
+            method=str(data["method"]),
+            seed=int(data["seed"]),
+            loss_method=str(data["loss_method"]),
+            cluster_method=str(data["cluster_method"]),
+            val=_floats(data["val"], "val"),
+            test=None if data["test"] is None else _floats(data["test"], "test"),
+            probe=_floats(data["probe"], "probe"),
+            clusters=None if data["clusters"] is None else _floats(data["clusters"], "clusters"),
+            epochs=int(data["epochs"]),
+            train_seconds=float(data["train_seconds"]),
+            eval_seconds=float(data["eval_seconds"]),
+            trial_id=str(data.get("trial_id", "")),
+            setting=str(data.get("setting", "")),
+        )
+
+
+def _check_keys(data: dict[str, Any], cls: type) -> None:
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING}
+    missing = sorted(required - data.keys())
+    unknown = sorted(data.keys() - names)
+    if missing or unknown:
+        raise ValueError(f"{cls.__name__}: missing keys {missing}, unknown keys {unknown}")
+
+
+def _floats(value: Any, name: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object of numbers, got {value!r}")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def read_records(path: Path) -> list[TrialRecord]:
+    """Every record of a results file in file order ([] when the file does not exist; blank
+    lines are skipped). A line that is not a record raises ValueError naming file and line."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(TrialRecord.from_json(line))
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}, line {number}: not a trial record ({error})") from error
+    return records
+
+
+def append_record(path: Path, record: TrialRecord) -> None:
+    """Add one line to the results file and force it to disk: a record once appended survives
+    the process being killed right after."""
+    line = record.to_json() + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One claim of the paper, as the study tests it.
+
+    paired: the best of ``better`` (highest mean *validation* metric over seeds) against
+    ``worse``, seed by seed on the test metric; with ``reference`` (the supervised method) also
+    the gap closure (better - worse) / (reference - worse). correlation: over ``methods``, the
+    methods' mean test metric against their mean I(Z;T) (expected to rise) and H(Z|T)
+    (expected to fall).
+    """
+
+    id: str
+    text: str
+    kind: Literal["paired", "correlation"]
+    better: tuple[str, ...] = ()
+    worse: str = ""
+    reference: str = ""
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "paired":
+            if not self.better or not self.worse:
+                raise ValueError(f"claim {self.id}: a paired claim needs better and worse")
+            if self.worse in self.better:
+                raise ValueError(f"claim {self.id}: worse {self.worse!r} is among better")
+        elif self.kind == "correlation":
+            if len(self.methods) < 2:
+                raise ValueError(
+                    f"claim {self.id}: a correlation needs at least 2 methods, "
+                    f"got {list(self.methods)}"
+                )
+        else:
+            raise ValueError(f"claim {self.id}: kind must be paired or correlation: {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """How the study ran: the page prints all of it."""
+
+    name: str
+    command: str  # the exact command that produced results.jsonl
+    machine: str
+    date: str
+    wall_seconds: float
+    metric: str = "linear_top1"  # the primary metric: test for claims, val for choices
+    methods: tuple[tuple[str, str], ...] = ()  # (method, one-line description), display order
+    notes: tuple[str, ...] = ()  # paragraphs printed verbatim
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.wall_seconds) or self.wall_seconds < 0:
+            raise ValueError(f"wall_seconds must be finite and >= 0, got {self.wall_seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["methods"] = [list(pair) for pair in self.methods]
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyMeta:
+        unknown = sorted(data.keys() - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"StudyMeta: unknown keys {unknown}")
+        methods = tuple((str(name), str(text)) for name, text in data.get("methods", ()))
+        return cls(
+            name=str(data["name"]),
+            command=str(data["command"]),
+            machine=str(data["machine"]),
+            date=str(data["date"]),
+            wall_seconds=float(data["wall_seconds"]),
+            metric=str(data.get("metric", "linear_top1")),
+            methods=methods,
+            notes=tuple(str(n) for n in data.get("notes", ())),
+        )
+
+
+def write_meta(path: Path, meta: StudyMeta) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(path: Path) -> StudyMeta:
+    return StudyMeta.from_dict(json.loads(path.read_text()))

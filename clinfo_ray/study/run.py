@@ -1,0 +1,209 @@
+"""Run a study as a Ray Tune grid: one trial per (method, seed), resumable, packed on the cluster.
+
+A study lives in ``<run.output_dir>/study/NAME/``: ``trials/<method>-seed<seed>/`` (each trial's
+training run: checkpoints, metrics, TensorBoard, and ``study_record.json`` once evaluated),
+``clusters/`` (the cluster tables shared by trials with one clusters config), ``tuner/`` (Ray
+Tune's experiment) and ``results.jsonl`` (one line per evaluated trial, appended as trials end).
+Trials are named by (method, seed), not by Tune's trial id, so a study started over from
+nothing still finds a trial's checkpoints and its record: a trial with a record is not trained
+again, and one with checkpoints resumes them. Running the same command again after an
+interruption restores the Tune experiment (finished trials kept, the others resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
+from clinfo_ray.study.records import TrialRecord, append_record, read_records
+from clinfo_ray.study.spec import Study
+
+log = logging.getLogger(__name__)
+
+TRIALS_DIR, CLUSTERS_DIR, TUNER_DIR = "trials", "clusters", "tuner"
+RESULTS_FILE = "results.jsonl"
+RECORD_FILE = "study_record.json"  # in a trial's run folder, once it is evaluated
+STUDY_FILE = "study.json"  # what the study is; a rerun must match it
+SETTINGS_FILE = "setting_search.jsonl"
+
+
+def study_dir(study: Study) -> Path:
+    return Path(study.base.run.output_dir).resolve() / "study" / study.name
+
+
+def trial_name(method: str, seed: int, setting: str = "") -> str:
+    """A trial's run name: its setting (when the study has settings), the method and the seed
+    (anything but [A-Za-z0-9_.-] as '_')."""
+    name = f"{setting}-{method}-seed{seed}" if setting else f"{method}-seed{seed}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What every trial needs; picklable, it travels to each trial's actor."""
+
+    study: Study
+    folder: str
+
+    def trial_config(self, method: str, seed: int, setting: str = "") -> TrainConfig:
+        cfg = self.study.trial_config(method, seed, setting)
+        own = {
+            "run.name": trial_name(method, seed, setting),
+            "run.output_dir": str(Path(self.folder) / TRIALS_DIR),
+        }
+        return apply_overrides(cfg, own, f"study trial {method} seed {seed}")
+
+
+def claim_study_dir(folder: Path, study: Study) -> bool:
+    """Record the study in its folder; True on a rerun of the same study. A different study
+    under the same name is a ConfigError (another name, or delete the folder)."""
+    record = json.loads(json.dumps(study.describe()))
+    path = folder / STUDY_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != record:
+            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise ConfigError(
+                f"the study {study.name!r} in {folder} was started differently "
+                f"({', '.join(changed)} changed): pass --set run.output_dir=..., or delete "
+                "the folder to start over"
+            )
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return False
+
+
+def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
+    """One trial: train (or resume) the method at the seed, evaluate it once, record it."""
+    from ray import tune
+
+    from clinfo_ray.study.evaluate import cluster_information, evaluate_trial
+    from clinfo_ray.training.launch import train
+    from clinfo_ray.tuning.trainable import ReportToTune, quiet_ray_data
+    from clinfo_ray.tuning.trial import with_shared_clusters
+
+    quiet_ray_data()
+    method, seed, setting = str(config["method"]), int(config["seed"]), str(config["setting"])
+    cfg = plan.trial_config(method, seed, setting)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    saved = run_dir / RECORD_FILE
+    if saved.is_file():  # evaluated before the study was interrupted
+        tune.report({"evaluated": 1, "epoch": cfg.optim.epochs})
+        return
+    cfg = with_shared_clusters(cfg, Path(plan.folder) / CLUSTERS_DIR)
+    outcome = train(cfg, callbacks=[ReportToTune()])
+    if outcome.checkpoint is None:
+        raise RuntimeError(f"{cfg.run.name}: the run left no checkpoint to evaluate")
+    train_seconds = _train_seconds(run_dir)
+    scores = evaluate_trial(
+        cfg, outcome.checkpoint, plan.study.probe, evaluate_test=plan.study.evaluate_test
+    )
+    record = TrialRecord(
+        method=method,
+        seed=seed,
+        loss_method=cfg.loss.method,
+        cluster_method=cfg.cluster_method,
+        val=scores["val"],
+        test=scores["test"],
+        probe=scores["probe"],
+        clusters=cluster_information(run_dir, outcome.cluster_stats),
+        epochs=cfg.optim.epochs,
+        train_seconds=train_seconds,
+        eval_seconds=scores["seconds"],
+        trial_id=tune.get_context().get_trial_id() or "",
+        setting=setting,
+    )
+    details = {**scores, "record": json.loads(record.to_json())}
+    partial = saved.with_suffix(".partial")
+    partial.write_text(json.dumps(details, indent=2, sort_keys=True) + "\n")
+    append_record(Path(plan.folder) / RESULTS_FILE, record)
+    os.replace(partial, saved)
+    tune.report(
+        {
+            "evaluated": 1,
+            "epoch": cfg.optim.epochs,
+            **{f"val/{k}": v for k, v in scores["val"].items()},
+        }
+    )
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """The run's training time: the sum of its epochs' seconds (metrics.jsonl), so a resumed run
+    counts each epoch once and the evaluation is not in it."""
+    from clinfo_ray.training.run_log import METRICS_FILE
+
+    seconds: dict[int, float] = {}
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("event") == "epoch" and "train/epoch_seconds" in row:
+                seconds[int(row["epoch"])] = float(row["train/epoch_seconds"])
+    return sum(seconds.values())
+
+
+def make_trainable(plan: StudyPlan) -> Any:
+    from ray import tune
+
+    from clinfo_ray.tuning.trainable import TRIAL_ACTOR_RESOURCES, StopsItsTrainRun
+
+    run_study_trial.__mixins__ = (StopsItsTrainRun,)  # type: ignore[attr-defined]
+    return tune.with_resources(
+        tune.with_parameters(run_study_trial, plan=plan), TRIAL_ACTOR_RESOURCES
+    )
+
+
+def run_grid(study: Study, max_concurrent: int) -> Any:
+    """Run every (method, seed) trial not yet recorded, or resume the study; Tune's ResultGrid.
+    Ray must be connected."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    folder = study_dir(study)
+    rerun = claim_study_dir(folder, study)
+    trainable = make_trainable(StudyPlan(study, str(folder)))
+    experiment = folder / TUNER_DIR
+    if rerun and tune.Tuner.can_restore(str(experiment)):
+        log.info("resuming the study in %s (recorded trials are kept)", folder)
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "setting": tune.grid_search([st.name for st in study.settings]),
+                "method": tune.grid_search([m.name for m in study.methods]),
+                "seed": tune.grid_search(list(study.seeds)),
+            },
+            tune_config=tune.TuneConfig(
+                search_alg=BasicVariantGenerator(max_concurrent=max_concurrent),
+                reuse_actors=False,
+                trial_dirname_creator=lambda trial: str(trial.trial_id),
+            ),
+            run_config=tune.RunConfig(
+                name=TUNER_DIR,
+                storage_path=str(folder),
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=1,
+            ),
+        )
+    return tuner.fit()
+
+
+def study_records(study: Study, results: Path) -> list[TrialRecord]:
+    """The study's records: one per (setting, method, seed) of its grid (the last line wins
+    when a trial was evaluated twice), in the grid's order."""
+    latest = {(r.setting, r.method, r.seed): r for r in read_records(results)}
+    keys = [(t["setting"], t["method"], t["seed"]) for t in study.grid()]
+    return [latest[key] for key in keys if key in latest]

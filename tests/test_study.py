@@ -1,0 +1,142 @@
+"""``clinfo-ray study`` end to end on the session Ray and the shapes dataset: every (method,
+seed) trained as a Tune trial and evaluated once (the probe chosen on the validation split,
+then the test split), the raw results, the page and plots; the same command again trains
+nothing; ``--report-only`` rewrites the page byte for byte from the raw files alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clinfo_ray.commands.main import main
+from clinfo_ray.study.records import read_records
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CONFIG = """\
+data:
+  dataset_dir: {data}
+  image_size: 16
+  batch_size_per_worker: 8
+  augment_on: worker
+  cache: worker
+  val_fraction: 0.3
+clusters:
+  top_k: 2
+model:
+  cnn_width: 8
+optim:
+  epochs: 2
+  warmup_epochs: 1
+eval:
+  knn_every: 0
+  knn_k: 5
+run:
+  output_dir: {out}
+  num_workers: 1
+  cpus_per_worker: 0.5
+"""
+
+STUDY = """\
+study:
+  name: tiny
+  config: {config}
+  seeds: [0, 1]
+  probe: {{weight_decays: [0.0, 0.01], epochs: [5]}}
+methods:
+  simclr: {{about: SimCLR, set: {{loss.method: simclr}}}}
+  tags: {{about: tag clusters, set: {{loss.method: clinfonce, clusters.method: tags}}}}
+  supcon: {{about: the labels, set: {{loss.method: supcon}}}}
+claims:
+  - {{id: "1", text: tags beat SimCLR, kind: paired, better: [tags], worse: simclr,
+      reference: supcon}}
+  - {{id: "4", text: accuracy rises with I(Z;T), kind: correlation, methods: [tags, supcon]}}
+notes: ["A tiny study of drawn shapes."]
+"""
+METHODS, SEEDS = ("simclr", "tags", "supcon"), (0, 1)
+
+
+@dataclass
+class Study:
+    args: list[str]
+    folder: Path  # the study's runs
+    out: Path  # raw results, plots, page
+    first_page: bytes
+    before_rerun: dict[str, int]  # checkpoint file -> mtime_ns
+
+
+def _checkpoint_files(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.glob("trials/*/checkpoint_*/*")}
+
+
+@pytest.fixture(scope="module")
+def study(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Study:
+    root = tmp_path_factory.mktemp("study")
+    config = root / "tiny_config.yaml"
+    config.write_text(CONFIG.format(data=shapes_dataset, out=root / "runs"))
+    path = root / "tiny.yaml"
+    path.write_text(STUDY.format(config=config))
+    out = root / "out"
+    args = ["--config", str(path), "--out", str(out), "--max-concurrent", "1"]
+    assert main(["study", *args]) == 0
+    folder = root / "runs" / "study" / "tiny"
+    first = (out / "results.md").read_bytes()
+    before = _checkpoint_files(folder)
+    assert main(["study", *args]) == 0  # the same command again
+    return Study(args, folder, out, first, before)
+
+
+def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_on_validation(
+    study: Study,
+) -> None:
+    records = read_records(study.out / "results.jsonl")
+    assert [(r.method, r.seed) for r in records] == [(m, s) for m in METHODS for s in SEEDS]
+    for r in records:
+        assert r.test is not None and set(r.test) >= {"linear_top1", "knn_top1", "linear_top5"}
+        assert all(0.0 <= v <= 1.0 for v in [*r.val.values(), *r.test.values()])
+        assert r.probe["weight_decay"] in (0.0, 0.01) and r.probe["epochs"] == 5
+        assert r.epochs == 2 and r.train_seconds > 0 and r.eval_seconds > 0
+        run = study.folder / "trials" / f"{r.method}-seed{r.seed}"
+        details = json.loads((run / "study_record.json").read_text())
+        grid = details["probe_grid"]
+        assert len(grid) == 2
+        best = max(grid, key=lambda t: t["val_top1"])
+        assert r.val["linear_top1"] == best["val_top1"]  # the choice is the val-best setting
+        assert r.probe["weight_decay"] == best["weight_decay"]
+        assert details["rows"]["val"] > 0 and details["rows"]["test"] == 12
+        config = json.loads((run / "config.json").read_text())
+        assert config["run"]["seed"] == r.seed and config["loss"]["method"] == r.loss_method
+    by = {(r.method, r.seed): r for r in records}
+    for seed in SEEDS:  # the clusters' information about the labels
+        tags, supcon = by[("tags", seed)].clusters, by[("supcon", seed)].clusters
+        assert tags is not None and supcon is not None
+        assert supcon["conditional_entropy_bits"] == pytest.approx(0.0, abs=1e-9)  # Z = T
+        assert 0.0 < tags["mutual_information_bits"] <= supcon["mutual_information_bits"] + 1e-9
+
+
+def test_the_page_and_plots_come_from_the_records(study: Study) -> None:
+    page = (study.out / "results.md").read_text()
+    for method in METHODS:
+        assert method in page
+    assert "A tiny study of drawn shapes." in page and "tags beat SimCLR" in page
+    for png in ("accuracy_by_method.png", "accuracy_vs_mi.png"):
+        assert (study.out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((study.out / "meta.json").read_text())
+    assert meta["name"] == "tiny" and meta["wall_seconds"] > 10  # both invocations
+
+
+def test_the_same_command_again_trains_nothing(study: Study) -> None:
+    assert study.before_rerun and _checkpoint_files(study.folder) == study.before_rerun
+    assert len(read_records(study.folder / "results.jsonl")) == len(METHODS) * len(SEEDS)
+
+
+def test_report_only_rewrites_the_page_and_plots_byte_for_byte(study: Study) -> None:
+    files = ("results.md", "accuracy_by_method.png", "accuracy_vs_mi.png")
+    before = {name: (study.out / name).read_bytes() for name in files}
+    for name in files:
+        (study.out / name).unlink()
+    assert main(["study", *study.args, "--report-only"]) == 0
+    assert {name: (study.out / name).read_bytes() for name in files} == before

@@ -1,0 +1,267 @@
+"""The study's raw records (results.jsonl, meta.json) and its results page.
+
+The page is checked against numbers worked out by hand from a small synthetic study (3 seeds ×
+5 methods): this tests the page's arithmetic and formatting, not any training.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from clinfo_ray.study.records import (
+    ClaimSpec,
+    StudyMeta,
+    TrialRecord,
+    append_record,
+    read_meta,
+    read_records,
+    write_meta,
+)
+from clinfo_ray.study.report import ACCURACY_PLOT, CE_PLOT, MI_PLOT, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T2 = 4.302652729749464  # t(0.975, 2): three seeds
+
+
+def trial(
+    method: str,
+    seed: int,
+    val: float,
+    test: float | None,
+    clusters: tuple[float, float] | None,
+    *,
+    weight_decay: float = 1e-4,
+    setting: str = "",
+) -> TrialRecord:
+    return TrialRecord(
+        method=method,
+        seed=seed,
+        loss_method="supcon" if method == "supcon" else "cl_infonce",
+        cluster_method="instance" if clusters is None else "tags",
+        val={"linear_top1": val, "knn_top1": val - 0.1},
+        test=None
+        if test is None
+        else {"linear_top1": test, "knn_top1": test - 0.05, "linear_top5": 0.95},
+        probe={"weight_decay": weight_decay, "epochs": 50, "train_top1": 0.9},
+        clusters=None
+        if clusters is None
+        else {
+            "num_clusters": 8,
+            "mutual_information_bits": clusters[0],
+            "conditional_entropy_bits": clusters[1],
+        },
+        epochs=10,
+        train_seconds=12.5,
+        eval_seconds=3.25,
+        trial_id=f"{method}-{seed}",
+        setting=setting,
+    )
+
+
+# method -> (validation at seed 0, test by seed, (I(Z;T), H(Z|T)) or None)
+STUDY = {
+    "simclr": (0.50, (0.50, 0.52, 0.54), None),
+    "tags-top8": (0.62, (0.60, 0.61, 0.65), (1.0, 3.0)),  # best of the tags on validation
+    "tags-top32": (0.60, (0.70, 0.70, 0.70), (2.0, 2.0)),  # best of the tags on test
+    "kmeans-64": (0.55, (0.53, 0.49, 0.57), (0.5, 4.0)),
+    "supcon": (0.80, (0.70, 0.72, 0.74), (3.0, 0.0)),
+}
+CLAIMS = [
+    ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags-top8", "tags-top32"), "simclr", "supcon"),
+    ClaimSpec("2", "k-means beats SimCLR.", "paired", ("kmeans-64",), "simclr"),
+    ClaimSpec("3", "k-means beats SupCon.", "paired", ("kmeans-64",), "supcon"),
+    ClaimSpec(
+        "4",
+        "Accuracy rises with I(Z;T), falls with H(Z|T).",
+        "correlation",
+        methods=("tags-top8", "tags-top32", "kmeans-64", "supcon"),
+    ),
+]
+META = StudyMeta(
+    name="synthetic",
+    command="clinfo-ray study --study paper",
+    machine="2 CPUs",
+    date="2026-01-02",
+    wall_seconds=3723.4,
+    methods=tuple((m, f"the {m} method") for m in STUDY),
+    notes=("A note printed as it is.",),
+)
+
+
+def study_records() -> list[TrialRecord]:
+    records = []
+    for method, (val, tests, clusters) in STUDY.items():
+        for seed, test in enumerate(tests):
+            decay = 1e-3 if seed == 1 else 1e-4  # 1e-4 chosen twice out of three
+            records.append(
+                trial(method, seed, val + 0.01 * seed, test, clusters, weight_decay=decay)
+            )
+    return records
+
+
+def setting_records() -> list[TrialRecord]:
+    """Two settings; the test numbers (0.987) must never reach the page."""
+    values = {
+        "tau0.1": {"simclr": (0.40, 0.42, 0.44), "supcon": (0.50, 0.51, 0.55)},
+        "tau0.2": {"simclr": (0.40, 0.42, 0.44), "supcon": (0.43, 0.39, 0.47)},
+    }
+    return [
+        trial(method, seed, v, 0.987, None, setting=setting)
+        for setting, by_method in values.items()
+        for method, vals in by_method.items()
+        for seed, v in enumerate(vals)
+    ]
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    return sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+
+def write(root: Path) -> tuple[Path, Path]:
+    out_dir, page = root / "assets" / "study", root / "docs" / "results.md"
+    write_report(study_records(), CLAIMS, META, out_dir, page, setting_records())
+    return out_dir, page
+
+
+def test_the_page_shows_the_hand_computed_numbers(tmp_path: Path) -> None:
+    _, page = write(tmp_path)
+    text = page.read_text()
+    half = T2 * 0.02 / math.sqrt(3) * math.sqrt(3)  # sd √0.0012 = 0.02·√3
+    assert f"{0.01 - half:.3f}" == "-0.076" and f"{0.01 + half:.3f}" == "0.096"
+    expected = [
+        "clinfo-ray study --study paper",
+        "Wall time: 1:02:03",
+        "Seeds: 0, 1, 2",
+        "A note printed as it is.",
+        # simclr: 0.50, 0.52, 0.54; tags-top8: 0.60, 0.61, 0.65 (sd √0.0007)
+        "| simclr | 3 | 0.520 ± 0.020 | 0.470 ± 0.020 | 0.510 | 0.410 | – | – | – | 0.0001 |",
+        "| tags-top8 | 3 | 0.620 ± 0.026 | 0.570 ± 0.026 | 0.630 | 0.530 | 8 | 1.00 | 3.00 |",
+        # claim 1: differences 0.10, 0.09, 0.11; half-width t(0.975, 2)·0.01/√3 = 0.0248
+        "tags-top8 (val linear top-1: tags-top8 0.630, tags-top32 0.610)",
+        "| +0.100 [+0.075, +0.125] | 3 | supported | 0.50 |",
+        "(0.620 − 0.520) / (0.720 − 0.520) = 0.50",
+        # claim 2: +0.03, -0.03, +0.03
+        "| +0.010 [-0.076, +0.096] | 3 | inconclusive at this budget | – |",
+        # claim 3: -0.17, -0.23, -0.17
+        "| -0.190 [-0.276, -0.104] | 3 | not supported | – |",
+    ]
+    for snippet in expected:
+        assert snippet in text, snippet
+    assert "tags-top32 (val" not in text  # test-best, never chosen
+
+
+def test_the_correlation_claim_shows_r_of_the_method_means(tmp_path: Path) -> None:
+    _, page = write(tmp_path)
+    text = page.read_text()
+    accuracy = [0.62, 0.70, 0.53, 0.72]  # tags-top8, tags-top32, kmeans-64, supcon
+    r_mi = pearson([1.0, 2.0, 0.5, 3.0], accuracy)
+    r_ce = pearson([3.0, 2.0, 4.0, 0.0], accuracy)
+    z = 1.959963984540054  # n - 3 = 1
+    for name, r in (("I(Z;T)", r_mi), ("H(Z\\|T)", r_ce)):
+        low, high = math.tanh(math.atanh(r) - z), math.tanh(math.atanh(r) + z)
+        assert f"| {name} | " in text
+        assert f"{r:+.3f} [{low:+.3f}, {high:+.3f}] | 4 |" in text, (name, r, low, high)
+    assert "| tags-top32 | 2.00 | 2.00 | 0.700 |" in text
+
+
+def test_the_setting_search_uses_validation_only(tmp_path: Path) -> None:
+    _, page = write(tmp_path)
+    text = page.read_text()
+    section = text[text.index("## Setting search") :]
+    assert "| setting | simclr | supcon | supcon − simclr [95% CI] | n | verdict |" in section
+    assert "| tau0.1 | 0.420 | 0.520 | +0.100 [+0.075, +0.125] | 3 | supported |" in section
+    assert "| tau0.2 | 0.420 | 0.430 | +0.010 [-0.076, +0.096] | 3 | inconclusive" in section
+    assert "0.987" not in text
+
+
+def test_an_undefined_gap_closure_is_said_so(tmp_path: Path) -> None:
+    records = [
+        trial(m, s, 0.5, acc, None)
+        for m, accs in {"simclr": (0.60, 0.62, 0.64), "tags": (0.70, 0.71, 0.75)}.items()
+        for s, acc in enumerate(accs)
+    ] + [trial("supcon", s, 0.5, acc, (1.0, 0.0)) for s, acc in enumerate((0.59, 0.60, 0.61))]
+    claim = ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags",), "simclr", "supcon")
+    write_report(records, [claim], META, tmp_path / "out", tmp_path / "page.md")
+    text = (tmp_path / "page.md").read_text()
+    assert "undefined: supcon does not beat simclr on test (-0.020)" in text
+
+
+def test_the_images_exist_and_the_links_resolve(tmp_path: Path) -> None:
+    out_dir, page = write(tmp_path)
+    for name in (ACCURACY_PLOT, MI_PLOT, CE_PLOT):
+        data = (out_dir / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE)
+        assert b"Software" not in data and b"Matplotlib" not in data
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text())
+    assert sorted(Path(link).name for link in links) == sorted([ACCURACY_PLOT, MI_PLOT, CE_PLOT])
+    for link in links:
+        assert not Path(link).is_absolute() and link.startswith("../assets/study/")
+        assert (page.parent / link).resolve() == (out_dir / Path(link).name).resolve()
+
+
+def test_the_report_is_byte_identical_when_written_again(tmp_path: Path) -> None:
+    out_one, page_one = write(tmp_path / "one")
+    out_two, page_two = write(tmp_path / "two")
+    assert page_one.read_bytes() == page_two.read_bytes()
+    for name in (ACCURACY_PLOT, MI_PLOT, CE_PLOT):
+        assert (out_one / name).read_bytes() == (out_two / name).read_bytes(), name
+
+
+# -- the raw records --------------------------------------------------------------------------
+
+
+def test_a_record_round_trips_through_one_json_line() -> None:
+    record = trial("tags-top8", 3, 0.1 + 0.2, 0.7, (1.5, 2.5), setting="tau0.1")
+    line = record.to_json()
+    assert "\n" not in line and "0.30000000000000004" in line  # floats as repr
+    assert line.index('"clusters"') < line.index('"epochs"') < line.index('"method"')
+    assert TrialRecord.from_json(line) == record
+    assert TrialRecord.from_json(trial("simclr", 0, 0.5, None, None).to_json()).test is None
+    with pytest.raises(ValueError, match=r"missing keys \['seed'\]"):
+        TrialRecord.from_json(line.replace('"seed"', '"sed"'))
+    with pytest.raises(ValueError, match="JSON"):
+        trial("a", 0, math.nan, 0.5, None).to_json()
+
+
+def test_append_and_read_records(tmp_path: Path) -> None:
+    path = tmp_path / "study" / "results.jsonl"
+    assert read_records(path) == []
+    first, second = trial("simclr", 0, 0.5, 0.5, None), trial("supcon", 1, 0.6, 0.6, (1.0, 0.0))
+    append_record(path, first)
+    append_record(path, second)
+    assert read_records(path) == [first, second]
+    with open(path, "a") as handle:
+        handle.write('{"method": "cut sh')  # a line cut short
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}, line 3"):
+        read_records(path)
+
+
+def test_meta_round_trips_and_claims_are_checked(tmp_path: Path) -> None:
+    write_meta(tmp_path / "meta.json", META)
+    assert read_meta(tmp_path / "meta.json") == META
+    with pytest.raises(ValueError, match="better and worse"):
+        ClaimSpec("1", "x", "paired", ("a",))
+    with pytest.raises(ValueError, match="at least 2 methods"):
+        ClaimSpec("4", "x", "correlation", methods=("a",))
+    with pytest.raises(ValueError, match="wall_seconds"):
+        StudyMeta("n", "c", "m", "d", -1.0)
+
+
+def test_records_stats_and_report_import_neither_torch_nor_ray() -> None:
+    import ast
+
+    import clinfo_ray.study
+
+    folder = Path(clinfo_ray.study.__file__).parent
+    for name in ("records.py", "stats.py", "report.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        heavy = [m for m in imported if m.split(".")[0] in ("torch", "ray", "scipy")]
+        assert not heavy, f"{name} imports {heavy}"

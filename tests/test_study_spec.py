@@ -1,0 +1,160 @@
+"""A study file: loaded and checked before Ray starts (no Ray here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinfo_ray.config import ConfigError
+from clinfo_ray.study.spec import STUDIES_DIR, load_study
+
+SHIPPED = sorted(STUDIES_DIR.glob("*.yaml"))
+
+STUDY = """\
+study:
+  name: small
+  config: quickstart
+  seeds: [0, 1]
+  probe: {{weight_decays: [0.0, 1.0e-3], epochs: [50]}}
+set:
+  optim.epochs: 20
+methods:
+  simclr: {{about: SimCLR, set: {{loss.method: simclr}}}}
+  tags: {{about: tags, set: {{loss.method: clinfonce, clusters.method: tags, optim.epochs: 30}}}}
+  supcon: {{set: {{loss.method: supcon}}}}
+claims:
+  - {{id: "1", text: tags beat simclr, kind: paired, better: [tags], worse: simclr,
+      reference: supcon}}
+  - {{id: "2", text: r, kind: correlation, methods: [tags, supcon]}}
+quick:
+  methods: [simclr, tags]
+  seeds: [0]
+  set: {{optim.epochs: 2, optim.warmup_epochs: 1}}
+{extra}"""
+
+
+def _write(tmp_path: Path, extra: str = "", text: str | None = None) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(text if text is not None else STUDY.format(extra=extra))
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_the_shipped_studies_load_with_every_method_and_claim(path: Path) -> None:
+    study = load_study(path.stem)  # by name
+    assert study.path == path and len(study.methods) >= 2 and len(study.seeds) >= 2
+    for method in study.methods:
+        cfg = study.trial_config(method.name, study.seeds[-1])
+        assert cfg.run.seed == study.seeds[-1]
+        for key, value in method.overrides.items():
+            section, _, leaf = key.partition(".")
+            assert getattr(getattr(cfg, section), leaf) == value, key
+    names = {m.name for m in study.methods}
+    for claim in study.claims:
+        assert set(claim.better) | {claim.worse} | set(claim.methods) <= names | {""}
+    quick = load_study(path.stem, quick=True)
+    assert quick.name == f"{study.name}-quick"
+    assert len(quick.grid()) < len(study.grid())
+
+
+def test_a_trial_config_is_base_then_study_then_method_then_seed_then_command_line(
+    tmp_path: Path,
+) -> None:
+    study = load_study(_write(tmp_path), {"optim.lr": 0.05})
+    tags = study.trial_config("tags", 1)
+    assert (tags.loss.method, tags.cluster_method, tags.run.seed) == ("clinfonce", "tags", 1)
+    assert tags.optim.epochs == 30  # the method's set wins over the study's
+    assert study.trial_config("simclr", 0).optim.epochs == 20  # the study's set
+    assert tags.optim.lr == 0.05 and tags.model.cnn_width == 16  # --set; the quickstart's
+    assert study.grid() == [
+        {"setting": "", "method": m, "seed": s}
+        for m in ("simclr", "tags", "supcon")
+        for s in (0, 1)
+    ]
+    assert study.probe.settings() == [(0.0, 50), (1e-3, 50)]
+    assert [c.kind for c in study.claims] == ["paired", "correlation"]
+
+
+def test_quick_keeps_its_methods_seeds_and_claims_and_its_set_wins_over_the_methods(
+    tmp_path: Path,
+) -> None:
+    study = load_study(_write(tmp_path), quick=True)
+    assert study.name == "small-quick"
+    assert [(t["method"], t["seed"]) for t in study.grid()] == [("simclr", 0), ("tags", 0)]
+    assert study.trial_config("tags", 0).optim.epochs == 2  # over the method's 30
+    assert [c.id for c in study.claims] == []  # claim 1 needs supcon, claim 2 two methods
+
+
+def test_a_rerun_is_recognised_by_its_description(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    assert load_study(path).describe() == load_study(path).describe()
+    assert load_study(path).describe() != load_study(path, {"optim.lr": 0.05}).describe()
+
+
+BAD = {
+    "unknown training key in a method": (
+        STUDY.replace("loss.method: supcon", "loss.methd: supcon"),
+        "methods.supcon.set",
+        "line 11",
+    ),
+    "bad value in the study's set": (
+        STUDY.replace("optim.epochs: 20", "optim.epochs: 0"),
+        "set",
+        "line 7",
+    ),
+    "unknown study key": (
+        STUDY.replace("  seeds: [0, 1]", "  sedes: [0, 1]"),
+        "study.sedes",
+        "line 4",
+    ),
+    "seeds not integers": (STUDY.replace("seeds: [0, 1]", "seeds: [a]"), "study.seeds", "line 4"),
+    "claim names no method": (
+        STUDY.replace("worse: simclr", "worse: byol"),
+        "claims.0.worse",
+        "byol",
+    ),
+    "bad metric": (STUDY.replace("  seeds:", "  metric: top9\n  seeds:"), "study.metric", "top9"),
+    "negative weight decay": (
+        STUDY.replace("[0.0, 1.0e-3]", "[-1.0]"),
+        "study.probe.weight_decays",
+        ">= 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_a_bad_study_fails_naming_the_file_line_and_key(tmp_path: Path, case: str) -> None:
+    text, key, detail = BAD[case]
+    path = _write(tmp_path, text=text.format(extra=""))
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert key in message and detail in message and str(path) in message, message
+    assert "\n" not in message
+
+
+def test_quick_without_a_quick_section_is_refused(tmp_path: Path) -> None:
+    text = STUDY.format(extra="").split("quick:")[0]
+    with pytest.raises(ConfigError, match="quick"):
+        load_study(_write(tmp_path, text=text), quick=True)
+
+
+def test_the_gpu_study_extends_the_cpu_one_with_its_own_budget() -> None:
+    cpu, gpu = load_study("study_cpu"), load_study("study_gpu")
+    assert [m.name for m in gpu.methods] == [m.name for m in cpu.methods]
+    assert gpu.claims == cpu.claims and gpu.probe == cpu.probe
+    assert gpu.base.model.backbone == "resnet18" and gpu.base.run.device == "gpu"
+    assert len(gpu.seeds) == 5 and gpu.name == "study_gpu"
+
+
+def test_settings_make_a_settings_x_methods_x_seeds_grid(tmp_path: Path) -> None:
+    extra = "settings:\n  wide: {set: {model.cnn_width: 32}}\n  long: {set: {optim.epochs: 40}}\n"
+    study = load_study(_write(tmp_path, extra))
+    assert len(study.grid()) == 2 * 3 * 2 and study.grid()[0]["setting"] == "wide"
+    assert study.trial_config("simclr", 0, "wide").model.cnn_width == 32
+    assert study.trial_config("simclr", 0, "long").optim.epochs == 40
+    assert study.trial_config("tags", 0, "long").optim.epochs == 30  # the method's set wins
+    bad = "settings:\n  wide: {set: {model.cnn_widht: 32}}\n"
+    with pytest.raises(ConfigError, match=r"settings\.wide\.set"):
+        load_study(_write(tmp_path, bad))

@@ -1,0 +1,302 @@
+"""The study's statistics against hand-computed cases and closed forms (no scipy to compare to).
+
+Student's t is checked against its closed-form quantiles (df 1, 2, 4), its closed-form CDF for
+integer degrees of freedom (Abramowitz & Stegun 26.7.3-4), and printed tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clinfo_ray.study.records import ClaimSpec, TrialRecord
+from clinfo_ray.study.stats import (
+    INCONCLUSIVE,
+    NOT_EVALUATED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    choose_on_validation,
+    correlation,
+    directed_verdict,
+    evaluate_claims,
+    gap_closure,
+    mean_sd,
+    paired_difference,
+    regularized_incomplete_beta,
+    student_t_cdf,
+    student_t_quantile,
+    values_by_seed,
+    verdict,
+)
+
+Z975 = 1.959963984540054  # the standard normal's 0.975 quantile
+
+
+def t_cdf_closed_form(t: float, df: int) -> float:
+    """P(T <= t) from the finite series of A&S 26.7.3 (odd df) and 26.7.4 (even df)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2 == 0:
+        term = total = 1.0
+        for k in range(2, df, 2):
+            term *= (k - 1) / k * c2
+            total += term
+        a = s * total
+    else:
+        term = total = math.cos(theta) if df > 1 else 0.0
+        for k in range(3, df - 1, 2):
+            term *= (k - 1) / k * c2
+            total += term
+        a = 2 / math.pi * (theta + s * total)
+    return (1 + a) / 2
+
+
+def t_quantile_closed_form(p: float, df: int) -> float:
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    assert df == 4 and p > 0.5
+    q = 4 * p * (1 - p)
+    return 2 * math.sqrt(math.cos(math.acos(math.sqrt(q)) / 3) / math.sqrt(q) - 1)
+
+
+@pytest.mark.parametrize(
+    ("df", "table"),
+    [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452), (10**6, 1.9600)],
+)
+def test_t_quantile_matches_the_printed_table(df: int, table: float) -> None:
+    assert student_t_quantile(0.975, df) == pytest.approx(table, abs=5e-5)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4])
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995])
+def test_t_quantile_matches_the_closed_forms(df: int, p: float) -> None:
+    assert student_t_quantile(p, df) == pytest.approx(t_quantile_closed_form(p, df), abs=1e-9)
+    assert student_t_quantile(1 - p, df) == pytest.approx(-t_quantile_closed_form(p, df), abs=1e-9)
+
+
+@pytest.mark.parametrize("df", [3, 9, 29])
+def test_t_quantile_inverts_the_closed_form_cdf(df: int) -> None:
+    for p in (0.75, 0.95, 0.975, 0.999):
+        assert t_cdf_closed_form(student_t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
+
+
+def test_t_quantile_for_large_df_tends_to_the_normal() -> None:
+    assert student_t_quantile(0.975, math.inf) == pytest.approx(Z975, abs=1e-12)
+    # t(0.975, ν) = z + (z³ + z)/(4ν) + O(ν⁻²)
+    for df in (1e5, 1e6, 1e9):
+        first_order = Z975 + (Z975**3 + Z975) / (4 * df)
+        assert student_t_quantile(0.975, df) == pytest.approx(first_order, abs=1e-9)
+    # the expansion used above 10^4 meets the bisection used below it
+    assert student_t_quantile(0.975, 1e4) == pytest.approx(
+        student_t_quantile(0.975, 9999.999), abs=1e-9
+    )
+
+
+def test_t_quantile_edges() -> None:
+    assert student_t_quantile(0.5, 7) == 0.0
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="0 < p < 1"):
+            student_t_quantile(bad, 3)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        student_t_cdf(1.0, 0)
+
+
+@pytest.mark.parametrize("df", range(1, 11))
+def test_t_cdf_matches_the_closed_form(df: int) -> None:
+    for t in (-4.0, -1.0, 0.0, 0.3, 1.0, 2.26, 7.5):
+        assert student_t_cdf(t, df) == pytest.approx(t_cdf_closed_form(t, df), abs=1e-13)
+
+
+def test_incomplete_beta_closed_forms() -> None:
+    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
+        assert regularized_incomplete_beta(1, 1, x) == pytest.approx(x, abs=1e-14)
+        assert regularized_incomplete_beta(3, 1, x) == pytest.approx(x**3, abs=1e-14)
+        assert regularized_incomplete_beta(1, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5)
+    assert regularized_incomplete_beta(7.5, 7.5, 0.5) == pytest.approx(0.5, abs=1e-14)
+    with pytest.raises(ValueError):
+        regularized_incomplete_beta(0, 1, 0.5)
+
+
+def test_mean_sd() -> None:
+    mean, sd = mean_sd([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and sd == pytest.approx(math.sqrt(5 / 3))  # ddof = 1
+    assert mean_sd([0.7]) == (0.7, None)
+    with pytest.raises(ValueError):
+        mean_sd([])
+
+
+def test_paired_difference_by_hand() -> None:
+    a = {0: 0.60, 1: 0.61, 2: 0.65, 7: 0.9}  # seed 7: only a has it, left out
+    b = {0: 0.50, 1: 0.52, 2: 0.54}
+    d = paired_difference(a, b)  # differences 0.10, 0.09, 0.11
+    half = 4.302652729749464 * 0.01 / math.sqrt(3)
+    assert d.n == 3 and d.seeds == (0, 1, 2) and d.dropped == (7,)
+    assert d.mean == pytest.approx(0.10) and d.sd == pytest.approx(0.01)
+    assert d.interval == pytest.approx((0.10 - half, 0.10 + half))
+    assert verdict(d.interval) == SUPPORTED
+    # swapped: the same interval mirrored, the paper's direction contradicted
+    assert verdict(paired_difference(b, a).interval) == NOT_SUPPORTED
+
+
+def test_paired_interval_straddling_zero_is_inconclusive() -> None:
+    d = paired_difference({1: 0.53, 2: 0.47, 3: 0.53}, {1: 0.50, 2: 0.50, 3: 0.50})
+    # differences +0.03, -0.03, +0.03: mean 0.01, sd √0.0012, half 4.3027·√0.0012/√3 = 4.3027·0.02
+    assert d.mean == pytest.approx(0.01) and d.sd == pytest.approx(math.sqrt(0.0012))
+    assert d.low == pytest.approx(0.01 - 4.302652729749464 * 0.02)
+    assert d.high == pytest.approx(0.01 + 4.302652729749464 * 0.02)
+    assert verdict(d.interval) == INCONCLUSIVE
+
+
+def test_paired_difference_names_the_missing_seeds() -> None:
+    with pytest.raises(ValueError, match=r"missing from the second: \[0\].*first: \[2, 3\]"):
+        paired_difference({0: 0.5, 1: 0.6}, {1: 0.4, 2: 0.4, 3: 0.4})
+
+
+def test_verdict_boundaries() -> None:
+    assert verdict((0.001, 0.2)) == SUPPORTED
+    assert verdict((-0.2, -0.001)) == NOT_SUPPORTED
+    assert verdict((0.0, 0.2)) == INCONCLUSIVE  # touching 0 is not excluding it
+    assert verdict((-0.2, 0.0)) == INCONCLUSIVE
+    assert directed_verdict((-0.9, -0.2), -1) == SUPPORTED
+    assert directed_verdict((-0.9, -0.2), +1) == NOT_SUPPORTED
+    assert directed_verdict(None, +1) == INCONCLUSIVE
+
+
+def record(
+    method: str,
+    seed: int,
+    val: float,
+    test: float | None,
+    knn: float = 0.0,
+    clusters: tuple[float, float] | None = None,
+) -> TrialRecord:
+    return TrialRecord(
+        method=method,
+        seed=seed,
+        loss_method="cl_infonce",
+        cluster_method="tags",
+        val={"linear_top1": val, "knn_top1": val - 0.1},
+        test=None if test is None else {"linear_top1": test, "knn_top1": knn, "linear_top5": 0.9},
+        probe={"weight_decay": 1e-4, "epochs": 50, "train_top1": 0.9},
+        clusters=None
+        if clusters is None
+        else {
+            "num_clusters": 10,
+            "mutual_information_bits": clusters[0],
+            "conditional_entropy_bits": clusters[1],
+        },
+        epochs=10,
+        train_seconds=1.0,
+        eval_seconds=1.0,
+    )
+
+
+def test_choice_is_made_on_validation_not_test() -> None:
+    records = [
+        # "a": best on validation (mean 0.71), worse on test
+        *(record("a", s, v, t) for s, v, t in [(0, 0.70, 0.60), (1, 0.72, 0.61)]),
+        # "b": best on test, mean val 0.69
+        *(record("b", s, v, t) for s, v, t in [(0, 0.68, 0.80), (1, 0.70, 0.82)]),
+    ]
+    assert choose_on_validation(records, ["b", "a"], "linear_top1") == "a"
+    # the test split is never needed to choose
+    no_test = [record(r.method, r.seed, r.val["linear_top1"], None) for r in records]
+    assert choose_on_validation(no_test, ["b", "a"], "linear_top1") == "a"
+
+
+def test_choice_tie_goes_to_the_first_listed() -> None:
+    records = [record("a", 0, 0.5, None), record("b", 0, 0.5, None)]
+    assert choose_on_validation(records, ["b", "a"], "linear_top1") == "b"
+    assert choose_on_validation(records, ["a", "b"], "linear_top1") == "a"
+    with pytest.raises(ValueError, match="no records of method 'c'"):
+        choose_on_validation(records, ["a", "c"], "linear_top1")
+
+
+def test_values_by_seed_refuses_a_seed_twice() -> None:
+    with pytest.raises(ValueError, match="seed 0 recorded twice"):
+        values_by_seed([record("a", 0, 0.5, 0.5), record("a", 0, 0.6, 0.6)], "a", "val", "knn_top1")
+    with pytest.raises(ValueError, match="no test linear_top1"):
+        values_by_seed([record("a", 0, 0.5, None)], "a", "test", "linear_top1")
+
+
+def test_gap_closure() -> None:
+    assert gap_closure(0.62, 0.52, 0.72) == pytest.approx(0.5)
+    assert gap_closure(0.80, 0.52, 0.72) == pytest.approx(1.4)  # past the reference: > 1
+    assert gap_closure(0.62, 0.52, 0.52) is None
+    assert gap_closure(0.62, 0.52, 0.50) is None
+
+
+def test_correlation_by_hand() -> None:
+    # dx = (-1.5, -0.5, 0.5, 1.5), dy = (-3, -1, 0, 4): Sxy = 11, Sxx = 5, Syy = 26
+    c = correlation([1, 2, 3, 4], [2, 4, 5, 9])
+    r = 11 / math.sqrt(5 * 26)
+    assert c.r == pytest.approx(r) and c.n == 4
+    # Fisher z: tanh(atanh(r) ± 1.96/√(n-3)), n - 3 = 1
+    assert c.interval == pytest.approx(
+        (math.tanh(math.atanh(r) - Z975), math.tanh(math.atanh(r) + Z975))
+    )
+    assert correlation([1, 2, 3], [3, 1, 2]).interval is None  # 3 points: r = -0.5, no interval
+    assert correlation([1, 2, 3], [3, 1, 2]).r == pytest.approx(-0.5)
+    assert correlation([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]).interval == (1.0, 1.0)
+    with pytest.raises(ValueError, match="constant"):
+        correlation([1, 2, 3, 4], [1, 1, 1, 1])
+    with pytest.raises(ValueError, match="at least 3"):
+        correlation([1, 2], [1, 2])
+
+
+def _study() -> list[TrialRecord]:
+    seeds = (0, 1, 2)
+    rows: list[TrialRecord] = []
+    # method: val, test and kNN offsets per seed; clusters (I(Z;T), H(Z|T))
+    table = {
+        "simclr": (0.50, [0.50, 0.52, 0.54], None),
+        "tags-a": (0.62, [0.60, 0.61, 0.65], (1.0, 3.0)),  # val-best of the tags
+        "tags-b": (0.60, [0.70, 0.70, 0.70], (2.0, 2.0)),  # test-best of the tags
+        "kmeans": (0.55, [0.53, 0.49, 0.57], (0.5, 4.0)),
+        "supcon": (0.80, [0.70, 0.72, 0.74], (3.0, 0.0)),
+    }
+    for method, (val, tests, clusters) in table.items():
+        for seed, test in zip(seeds, tests, strict=True):
+            rows.append(record(method, seed, val + 0.01 * seed, test, test - 0.05, clusters))
+    return rows
+
+
+def test_evaluate_claims_paired_and_correlation() -> None:
+    claims = [
+        ClaimSpec("1", "tags beat SimCLR", "paired", ("tags-a", "tags-b"), "simclr", "supcon"),
+        ClaimSpec("2", "k-means beats SimCLR", "paired", ("kmeans",), "simclr"),
+        ClaimSpec("3", "a missing method", "paired", ("nope",), "simclr"),
+        ClaimSpec(
+            "4", "I up, H down", "correlation", methods=("tags-a", "tags-b", "kmeans", "supcon")
+        ),
+    ]
+    one, two, three, four = evaluate_claims(_study(), claims, "linear_top1")
+    assert one.chosen == "tags-a"  # val 0.63 > 0.61, though tags-b is better on test
+    assert one.val_means == pytest.approx({"tags-a": 0.63, "tags-b": 0.61})
+    assert one.difference is not None and one.difference.mean == pytest.approx(0.10)
+    assert one.verdict == SUPPORTED
+    assert one.gap == pytest.approx((0.62 - 0.52) / (0.72 - 0.52))
+    assert one.knn_difference is not None and one.knn_difference.mean == pytest.approx(0.10)
+    assert two.verdict == INCONCLUSIVE  # differences +0.03, -0.03, +0.03
+    assert two.gap is None
+    assert three.verdict == NOT_EVALUATED and "nope" in three.error
+    # the points are method means: accuracy (0.62, 0.70, 0.53, 0.72)
+    mi = correlation([1.0, 2.0, 0.5, 3.0], [0.62, 0.70, 0.53, 0.72])
+    ce = correlation([3.0, 2.0, 4.0, 0.0], [0.62, 0.70, 0.53, 0.72])
+    assert four.mutual_information is not None and four.conditional_entropy is not None
+    assert four.mutual_information.r == pytest.approx(mi.r) and mi.r > 0
+    assert four.conditional_entropy.r == pytest.approx(ce.r) and ce.r < 0
+    assert four.mutual_information.interval == pytest.approx(mi.interval)
+    assert [p[0] for p in four.points] == ["tags-a", "tags-b", "kmeans", "supcon"]
+    assert four.mutual_information_verdict == directed_verdict(mi.interval, +1)
+    assert four.conditional_entropy_verdict == directed_verdict(ce.interval, -1)
+
+
+def test_correlation_claim_needs_cluster_statistics() -> None:
+    claim = ClaimSpec("4", "I up", "correlation", methods=("simclr", "tags-a", "kmeans"))
+    (result,) = evaluate_claims(_study(), [claim], "linear_top1")
+    assert result.verdict == NOT_EVALUATED
+    assert "simclr: no cluster statistics for seeds [0, 1, 2]" in result.error
