@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         f"evaluation on the {manifest.rows.get('test', 0)} test emoji, read once. Between seeds "
         "SimCLR alone moved about 5 points in our measurements: compare methods over seeds."
     )
+    print(
+        "One run per method cannot test the paper's claims: the study over seeds, methods and "
+        "the multi-style emoji set is docs/results.md (clinfo-ray study --config study_cpu)."
+    )
     print(f"summary: {out / 'summary.json'}")
     print(f"tensorboard --logdir {out}")
     return 0
