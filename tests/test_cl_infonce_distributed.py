@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from clinfo_ray.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from clinfo_ray.losses import cl_infonce
+from tests.gloo import run_ranks
 
 WORLD = 2
 TAU = 0.2
@@ -75,15 +74,8 @@ def _worker(rank_: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = run_ranks(_worker, tmp_path, world=WORLD)
     for name in SCENARIOS:
         x, ids, _, _ = _batch(name)
         single = _loss_and_grads(_model(), x, ids)

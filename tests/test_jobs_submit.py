@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint
 from clinfo_ray.config import load_config
 from clinfo_ray.data import columns as C
 from tests.datasets import SHAPES_IMAGES, SHAPES_SIZE, draw_shapes, shapes_split, write_csv
+from tests.gloo import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -45,12 +45,6 @@ JOB_TIMEOUT_S = 600  # a tiny job takes 1 minute on 2 idle cores; more when they
 
 # The tune job's search space, in the format of `clinfo-ray tune --space` (tuning/space.py)
 TUNE_SPACE = {"search": {"optim.lr": {"type": "loguniform", "low": 0.05, "high": 0.5}}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -181,7 +175,7 @@ def head() -> Iterator[Head]:
     token_file.touch(mode=0o600)
     token_file.write_text(token)
     env = _client_env(token_file)
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     log = temp_dir / "head.log"
     command = [
         str(BIN / "ray"),
@@ -193,12 +187,12 @@ def head() -> Iterator[Head]:
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         # every port chosen here: Ray's fixed defaults may be taken by another cluster
-        f"--port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
+        f"--port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
     with log.open("w") as out:

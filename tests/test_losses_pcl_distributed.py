@@ -4,13 +4,11 @@ the whole batch, and rank 0's prototypes reach rank 1 whole."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -18,6 +16,7 @@ from clinfo_ray.config import KMeansSettings
 from clinfo_ray.losses import Prototypes, pcl_loss
 from clinfo_ray.training.cluster_state import prototype_kmeans
 from clinfo_ray.training.embedding import SplitEmbedding
+from tests.gloo import run_ranks
 
 WORLD, ROWS, VIEWS, TAU = 2, 4, 2, 0.2
 SIZES = (3, 5)
@@ -89,15 +88,8 @@ def _worker(rank_: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = run_ranks(_worker, tmp_path, world=WORLD)
     single = _loss_and_grads(_model(), *_inputs())
     mean_loss = sum(r["loss"]["loss"] for r in ranks) / WORLD
     torch.testing.assert_close(mean_loss, single["loss"], rtol=1e-10, atol=1e-12)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +27,7 @@ from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training.embedding import embed_split
 from clinfo_ray.training.objective import TrainModule, train_step
+from tests.gloo import run_ranks
 
 WORLD = 2
 SIZE = 16
@@ -155,15 +154,8 @@ def _worker(rank_: int, port: int, scenario: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _on_two_ranks(scenario: str, out: Path) -> list[dict[str, torch.Tensor]]:
-    mp.spawn(_worker, args=(_free_port(), scenario, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_ranks(_worker, out, scenario, world=WORLD)
 
 
 def test_embeddings_use_rank0_batchnorm_buffers_on_every_rank(tmp_path: Path) -> None:

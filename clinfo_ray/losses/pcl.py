@@ -65,9 +65,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from clinfo_ray.losses.cl_infonce import cl_infonce
+from clinfo_ray.losses.cl_infonce import ClInfoNCELoss, cl_infonce
 
 ALPHA = 10.0  # α of the concentration: smooths φ of small clusters
 PERCENTILES = (10.0, 90.0)  # φ is clipped to these percentiles of itself
@@ -190,7 +189,7 @@ def pcl_loss(
     return instance + proto_weight * proto_nce(features, cluster_ids, prototypes)
 
 
-class PCLLoss(nn.Module):
+class PCLLoss(ClInfoNCELoss):
     """``nn.Module`` form of :func:`pcl_loss`:
     ``loss = PCLLoss(0.1)(features, index, cluster_ids, prototypes)``."""
 
@@ -201,15 +200,10 @@ class PCLLoss(nn.Module):
         base_temperature: float | None = None,
         chunk_rows: int | None = None,
     ) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
-        self.temperature = temperature
+        super().__init__(temperature, base_temperature, chunk_rows)
         self.proto_weight = proto_weight
-        self.base_temperature = base_temperature
-        self.chunk_rows = chunk_rows
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         features: torch.Tensor,
         index: torch.Tensor,

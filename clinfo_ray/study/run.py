@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides
+from clinfo_ray.config import TrainConfig, apply_overrides
 from clinfo_ray.study.records import TrialRecord, append_record, read_records
 from clinfo_ray.study.spec import Study
 
@@ -62,22 +62,15 @@ class StudyPlan:
 
 def claim_study_dir(folder: Path, study: Study) -> bool:
     """Record the study in its folder; True on a rerun of the same study. A different study
-    under the same name is a ConfigError (another name, or delete the folder)."""
-    record = json.loads(json.dumps(study.describe()))
-    path = folder / STUDY_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != record:
-            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ConfigError(
-                f"the study {study.name!r} in {folder} was started differently "
-                f"({', '.join(changed)} changed): pass --set run.output_dir=..., or delete "
-                "the folder to start over"
-            )
-        return True
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return False
+    under the same name is a ConfigError (another output folder, or delete this one)."""
+    from clinfo_ray.tuning.search import claim_folder
+
+    return claim_folder(
+        folder / STUDY_FILE,
+        study.describe(),
+        f"the study {study.name!r}",
+        "pass --set run.output_dir=..., or delete the folder to start it over",
+    )
 
 
 def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:

@@ -122,25 +122,35 @@ def _first_difference(old: Any, new: Any, where: str = "") -> str:
     return f"{where}: {old!r} then, {new!r} now"
 
 
+def claim_folder(path: Path, record: dict[str, Any], what: str, hint: str) -> bool:
+    """Record what a search or study is (``record``, JSON) at ``path``; True when the same
+    record was there already (a rerun). Another one there is a ConfigError naming the first
+    difference and ending in ``hint`` (what to do instead)."""
+    record = json.loads(json.dumps(record))  # as it reads back
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != record:
+            raise ConfigError(
+                f"{what} in {path.parent} was started differently "
+                f"({_first_difference(old, record)}): {hint}"
+            )
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return False
+
+
 def claim_search_dir(
     folder: Path, base: TrainConfig, space: SearchSpace, settings: SearchSettings
 ) -> bool:
     """Record what this search is in its folder; True when the folder already held it (a
     rerun). Another search under the same name is a ConfigError."""
-    record = json.loads(json.dumps(_record(base, space, settings)))  # as it reads back
-    path = folder / RECORD_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != record:
-            raise ConfigError(
-                f"the search {folder.name!r} in {folder} was started differently "
-                f"({_first_difference(old, record)}): pass another --name, or delete the "
-                "folder to start it over"
-            )
-        return True
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return False
+    return claim_folder(
+        folder / RECORD_FILE,
+        _record(base, space, settings),
+        f"the search {folder.name!r}",
+        "pass another --name, or delete the folder to start it over",
+    )
 
 
 def trial_dirname(trial: Any) -> str:
