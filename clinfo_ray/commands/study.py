@@ -216,6 +216,7 @@ def _report(
 ) -> int:
     """Copy the study's raw results to OUT (when elsewhere), record the run in meta.json, and
     write the page and plots from OUT's files alone."""
+    import dataclasses
     import datetime
     import json
 
@@ -246,7 +247,13 @@ def _report(
             (out / SETTINGS_FILE).write_text("".join(r.to_json() + "\n" for r in found))
     if not (results.is_file() and meta_path.is_file()):
         return fail("study", f"--report-only: {out} has no {RESULTS_FILE} and {META_FILE}")
-    meta = StudyMeta.from_dict(json.loads(meta_path.read_text()))
+    # what was measured comes from meta.json; the words (methods' descriptions, the notes, which
+    # are written after the results are seen) from the study file as it is now
+    meta = dataclasses.replace(
+        StudyMeta.from_dict(json.loads(meta_path.read_text())),
+        methods=tuple((m.name, m.about) for m in study.methods),
+        notes=study.notes,
+    )
     records = read_records(results)
     settings = read_records(out / SETTINGS_FILE)  # [] when the study shows no setting search
     if any(r.setting for r in records):  # a setting search's own page

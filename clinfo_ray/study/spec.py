@@ -292,6 +292,13 @@ def load_study(
         methods = [m for m in methods if m.name in keep]
         seeds = r.seeds(q.get("seeds", list(seeds)), "quick.seeds")
         claims = tuple(quick_claim(c, keep) for c in claims if _claim_fits(c, keep))
+        epochs = {study_epochs(base, quick_set, m) for m in methods}
+        quick_note = (
+            f"This is the study's --quick grid ({len(methods)} methods, {len(seeds)} seeds, "
+            f"{'/'.join(map(str, sorted(epochs)))} epochs): a check that the whole pipeline runs, "
+            "not evidence about the claims; the verdicts below are computed as in the full "
+            "study and mean nothing at this budget."
+        )
         name = f"{name}-quick"
 
     prepare = None
@@ -305,6 +312,8 @@ def load_study(
     notes = top.get("notes") or []
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise r.fail("notes", "expected a list of paragraphs (strings)")
+    if quick:
+        notes = [quick_note, *notes]
     return Study(
         path=path,
         name=name,
@@ -321,6 +330,11 @@ def load_study(
         settings=tuple(settings),
         setting_search=_setting_search(r, head.get("setting_search")),
     )
+
+
+def study_epochs(base: TrainConfig, late: Mapping[str, Any], method: Method) -> int:
+    """The epochs a method trains for in the study (its own set, then the late overrides)."""
+    return int({"optim.epochs": base.optim.epochs, **method.overrides, **late}["optim.epochs"])
 
 
 def _methods(
