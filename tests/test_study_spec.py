@@ -158,3 +158,21 @@ def test_settings_make_a_settings_x_methods_x_seeds_grid(tmp_path: Path) -> None
     bad = "settings:\n  wide: {set: {model.cnn_widht: 32}}\n"
     with pytest.raises(ConfigError, match=r"settings\.wide\.set"):
         load_study(_write(tmp_path, bad))
+
+
+def test_the_wall_clock_sums_invocations_and_keeps_a_killed_ones_time(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from clinfo_ray.commands.study import WALL_FILE, WallClock
+
+    def saved() -> float:
+        return float(json.loads((tmp_path / WALL_FILE).read_text())["seconds"])
+
+    with WallClock(tmp_path, every=0.05) as first:
+        time.sleep(0.3)
+        assert saved() >= 0.15  # written while it runs: a SIGKILL now loses < 0.05 s
+    assert first.total >= 0.3 and saved() == first.total
+    with WallClock(tmp_path, every=10.0) as second:
+        time.sleep(0.1)
+    assert second.total >= first.total + 0.1 and saved() == second.total

@@ -92,26 +92,57 @@ def run(args: argparse.Namespace) -> int:
     page = Path(args.page) if args.page else out / "results.md"
     if args.report_only:
         return _report(study, out, page, args, wall_seconds=None)
-    started = time.perf_counter()
-    try:
+    with WallClock(study_dir(study)) as clock:
         status = _train(study, args)
-    finally:  # an interrupted invocation's time counts too (Ctrl-C, an exception)
-        total = add_wall_seconds(study_dir(study), time.perf_counter() - started)
     if status != 0:
         return status
-    return _report(study, out, page, args, wall_seconds=total)
+    return _report(study, out, page, args, wall_seconds=clock.total)
 
 
-def add_wall_seconds(folder: Path, seconds: float) -> float:
-    """Add one invocation's wall time to the study's total (``wall_seconds.json`` in its
-    folder: a study resumed over several invocations sums them); the new total."""
-    import json
+class WallClock:
+    """The study's wall time over all its invocations, in ``wall_seconds.json`` in its folder:
+    this invocation's time is added to what the earlier ones left, and the file is rewritten
+    every ``every`` seconds while it runs, so an invocation killed outright (SIGKILL, the
+    machine going away) loses at most that much."""
 
-    path = folder / WALL_FILE
-    total = seconds + (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0)
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"seconds": total}) + "\n")
-    return float(total)
+    def __init__(self, folder: Path, every: float = 30.0) -> None:
+        import threading
+
+        self.path = folder / WALL_FILE
+        self.every = every
+        self.before = self._read()
+        self.started = time.perf_counter()
+        self.total = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _read(self) -> float:
+        import json
+
+        return float(json.loads(self.path.read_text())["seconds"]) if self.path.is_file() else 0.0
+
+    def write(self) -> None:
+        import json
+
+        self.total = self.before + time.perf_counter() - self.started
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps({"seconds": self.total}) + "\n")
+        partial.replace(self.path)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.write()
+
+    def __enter__(self) -> WallClock:
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # an exception or Ctrl-C counts its time too
+        self._stop.set()
+        self._thread.join()
+        self.write()
 
 
 def _train(study: Study, args: argparse.Namespace) -> int:
