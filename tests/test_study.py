@@ -58,6 +58,23 @@ notes: ["A tiny study of drawn shapes."]
 """
 METHODS, SEEDS = ("simclr", "tags", "supcon"), (0, 1)
 
+# A setting search: two settings, scored on the validation split only.
+SETTINGS = """\
+study:
+  name: settings
+  config: {config}
+  seeds: [0]
+  evaluate_test: false
+  probe: {{weight_decays: [0.0], epochs: [5]}}
+settings:
+  narrow: {{set: {{model.cnn_width: 4}}}}
+  short: {{set: {{optim.epochs: 1, optim.warmup_epochs: 0}}}}
+methods:
+  simclr: {{set: {{loss.method: simclr}}}}
+claims:
+  - {{id: S, text: nothing to compare, kind: paired, better: [simclr], worse: simclr}}
+"""
+
 
 @dataclass
 class Study:
@@ -66,6 +83,8 @@ class Study:
     out: Path  # raw results, plots, page
     first_page: bytes
     before_rerun: dict[str, int]  # checkpoint file -> mtime_ns
+    settings_out: Path  # the setting search's raw results and page
+    settings_folder: Path
 
 
 def _checkpoint_files(folder: Path) -> dict[str, int]:
@@ -86,7 +105,12 @@ def study(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Stu
     first = (out / "results.md").read_bytes()
     before = _checkpoint_files(folder)
     assert main(["study", *args]) == 0  # the same command again
-    return Study(args, folder, out, first, before)
+    search = root / "settings.yaml"
+    search.write_text(SETTINGS.format(config=config))
+    settings_out = root / "settings_out"
+    assert main(["study", "--config", str(search), "--out", str(settings_out)]) == 0
+    settings = root / "runs" / "study" / "settings"
+    return Study(args, folder, out, first, before, settings_out, settings)
 
 
 def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_on_validation(
@@ -140,3 +164,28 @@ def test_report_only_rewrites_the_page_and_plots_byte_for_byte(study: Study) -> 
         (study.out / name).unlink()
     assert main(["study", *study.args, "--report-only"]) == 0
     assert {name: (study.out / name).read_bytes() for name in files} == before
+
+
+def test_a_setting_search_trains_each_setting_and_never_reads_the_test_split(
+    study: Study,
+) -> None:
+    records = read_records(study.settings_out / "results.jsonl")
+    assert [(r.setting, r.method, r.seed) for r in records] == [
+        ("narrow", "simclr", 0),
+        ("short", "simclr", 0),
+    ]
+    assert all(r.test is None and 0.0 <= r.val["linear_top1"] <= 1.0 for r in records)
+    narrow = json.loads(
+        (study.settings_folder / "trials/narrow-simclr-seed0/config.json").read_text()
+    )
+    short = json.loads(
+        (study.settings_folder / "trials/short-simclr-seed0/config.json").read_text()
+    )
+    assert (narrow["model"]["cnn_width"], narrow["optim"]["epochs"]) == (4, 2)
+    assert (short["model"]["cnn_width"], short["optim"]["epochs"]) == (8, 1)
+    details = json.loads(
+        (study.settings_folder / "trials/short-simclr-seed0/study_record.json").read_text()
+    )
+    assert "test" not in details["rows"]  # no test row was embedded, let alone scored
+    page = (study.settings_out / "results.md").read_text()
+    assert "## Setting search" in page and "narrow" in page and "short" in page
