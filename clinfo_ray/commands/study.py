@@ -10,12 +10,13 @@ results alone, without Ray. A bad study file fails in one line before Ray starts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clinfo_ray.commands.flags import add_address_argument
 
@@ -156,8 +157,8 @@ def _train(study: Study, args: argparse.Namespace) -> int:
     if needs_data and study.prepare is None:
         return fail(
             "study",
-            f"data.dataset_dir: {data_dir} holds no dataset and the study has "
-            "no 'prepare' section to make it",
+            f"data.dataset_dir: {data_dir} holds no dataset and the study has no 'prepare' "
+            "section to make it",
         )
     try:
         if not needs_data:
@@ -167,13 +168,25 @@ def _train(study: Study, args: argparse.Namespace) -> int:
         return fail("study", err)
     one_trial = trial_resources(study.base, gpu=False)["CPU"]
     connect_ray(args.address, cpus_needed=one_trial * (args.max_concurrent or 1))
-    if needs_data:
-        from clinfo_ray.data.write.prepare import prepare
-
-        assert study.prepare is not None
-        log.info("preparing %s", study.prepare.out)
-        prepare(study.prepare)
+    ensure_dataset(study)
     return _grid(study, args.max_concurrent)
+
+
+def ensure_dataset(study: Study) -> Any:
+    """The study's dataset manifest; prepared from the study's ``prepare`` section when the
+    folder holds none (or one of an older format). Ray must be connected."""
+    from clinfo_ray.data.manifest import read_manifest
+    from clinfo_ray.data.write.prepare import prepare
+
+    folder = study.base.data.dataset_dir
+    try:
+        return read_manifest(folder)
+    except (FileNotFoundError, ValueError) as err:
+        if study.prepare is None:
+            raise
+        print(f"{err}: preparing {folder} (npm packages, cached) ...", flush=True)
+    prepare(dataclasses.replace(study.prepare, out=folder, overwrite=True))
+    return read_manifest(folder)
 
 
 def _grid(study: Study, max_concurrent: int | None) -> int:
