@@ -47,6 +47,14 @@ def write_report(
     page's folder). ``setting_records``: the setting search's runs (validation only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     page.parent.mkdir(parents=True, exist_ok=True)
+    if not records:  # a setting search's own page: its table, no test numbers to plot
+        sections = [
+            _header(meta, setting_records),
+            *meta.notes,
+            _setting_section(setting_records, claims, meta),
+        ]
+        page.write_text("\n\n".join(s for s in sections if s) + "\n")
+        return
     order = method_order(meta, records)
     results = evaluate_claims(records, claims, meta.metric)
     _plot_accuracy_by_method(out_dir / ACCURACY_PLOT, records, order, meta.metric)
@@ -326,6 +334,18 @@ def _figures_section(out_dir: Path, page: Path) -> str:
     return "\n\n".join(lines)
 
 
+def _knn_difference(records: Sequence[TrialRecord], pair: tuple[str, str]) -> str:
+    """The validation kNN top-1 difference of ``pair`` by seed, as a cell."""
+    try:
+        difference = paired_difference(
+            values_by_seed(records, pair[0], "val", "knn_top1"),
+            values_by_seed(records, pair[1], "val", "knn_top1"),
+        )
+    except ValueError:
+        return NONE
+    return _difference_cell(difference)
+
+
 def _setting_section(
     setting_records: Sequence[TrialRecord], claims: Sequence[ClaimSpec], meta: StudyMeta
 ) -> str:
@@ -344,7 +364,8 @@ def _setting_section(
         pair = (paired[0].better[0], paired[0].worse)
     header = ["setting", *order]
     if pair is not None:
-        header += [f"{pair[0]} − {pair[1]} [95% CI]", "n", "verdict"]
+        header += [f"{pair[0]} − {pair[1]} [95% CI]", "n", "verdict", "kNN: same difference"]
+    header.append("train s / trial")
     rows = []
     for setting in settings:
         mine = [r for r in setting_records if r.setting == setting]
@@ -362,13 +383,15 @@ def _setting_section(
                     values_by_seed(mine, pair[1], "val", meta.metric),
                 )
             except ValueError as error:
-                row += [f"not computed: {error}", NONE, NONE]
+                row += [f"not computed: {error}", NONE, NONE, NONE]
             else:
                 row += [
                     _difference_cell(difference),
                     str(difference.n),
                     verdict(difference.interval),
+                    _knn_difference(mine, pair),
                 ]
+        row.append(f"{mean_sd([r.train_seconds for r in mine])[0]:.0f}")
         rows.append(row)
     return "\n\n".join(
         [
