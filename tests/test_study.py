@@ -189,3 +189,15 @@ def test_a_setting_search_trains_each_setting_and_never_reads_the_test_split(
     assert "test" not in details["rows"]  # no test row was embedded, let alone scored
     page = (study.settings_out / "results.md").read_text()
     assert "## Setting search" in page and "narrow" in page and "short" in page
+
+
+def test_collect_publishes_the_study_so_far_without_training(study: Study) -> None:
+    published = study.out.parent / "published"
+    before = _checkpoint_files(study.folder)
+    assert main(["study", *study.args[:2], "--out", str(published), "--collect"]) == 0
+    assert _checkpoint_files(study.folder) == before  # nothing trained
+    assert read_records(published / "results.jsonl") == read_records(study.out / "results.jsonl")
+    meta = json.loads((published / "meta.json").read_text())
+    assert meta["planned_trials"] == len(METHODS) * len(SEEDS) and meta["wall_seconds"] > 10
+    assert "--collect" not in meta["command"]  # the command that trains the study
+    assert f"- Trials: {len(METHODS) * len(SEEDS)}\n" in (published / "results.md").read_text()

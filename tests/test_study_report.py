@@ -6,6 +6,7 @@ The page is checked against numbers worked out by hand from a small synthetic st
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -265,3 +266,16 @@ def test_records_stats_and_report_import_neither_torch_nor_ray() -> None:
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         heavy = [m for m in imported if m.split(".")[0] in ("torch", "ray", "scipy")]
         assert not heavy, f"{name} imports {heavy}"
+
+
+def test_a_study_still_running_says_how_many_trials_are_done(tmp_path: Path) -> None:
+    records = study_records()
+    running = dataclasses.replace(META, planned_trials=len(records) + 5)
+    page = tmp_path / "results.md"
+    write_report(records, CLAIMS, running, tmp_path / "out", page)
+    assert f"Trials: {len(records)} of the {len(records) + 5} planned" in page.read_text()
+    assert "still running" in page.read_text()
+    write_report(
+        records, CLAIMS, dataclasses.replace(META, planned_trials=len(records)), tmp_path, page
+    )
+    assert f"- Trials: {len(records)}\n" in page.read_text()  # complete: the count alone

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rewrite the page and plots from OUT's results.jsonl and meta.json; no training",
     )
     parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="copy the study's results so far into OUT and write the page, without training "
+        "(while the study runs elsewhere: the page says how many trials are done)",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         metavar="DIR",
@@ -93,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     page = Path(args.page) if args.page else out / "results.md"
     if args.report_only:
         return _report(study, out, page, args, wall_seconds=None)
+    if args.collect:
+        wall = WallClock(study_dir(study)).total  # what the study's invocations have run
+        return _report(study, out, page, args, wall_seconds=wall)
     with WallClock(study_dir(study)) as clock:
         status = _train(study, args)
     if status != 0:
@@ -284,6 +293,7 @@ def _report(
             metric=study.metric,
             methods=tuple((m.name, m.about) for m in study.methods),
             notes=study.notes,
+            planned_trials=len(study.grid()),
         )
         meta_path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
         if study.setting_search:  # the setting search's records, beside the study's

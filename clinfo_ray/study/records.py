@@ -163,6 +163,7 @@ class StudyMeta:
     metric: str = "linear_top1"  # the primary metric: test for claims, val for choices
     methods: tuple[tuple[str, str], ...] = ()  # (method, one-line description), display order
     notes: tuple[str, ...] = ()  # paragraphs printed verbatim
+    planned_trials: int = 0  # the study's grid; more than the records: it is still running
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.wall_seconds) or self.wall_seconds < 0:
@@ -189,6 +190,7 @@ class StudyMeta:
             metric=str(data.get("metric", "linear_top1")),
             methods=methods,
             notes=tuple(str(n) for n in data.get("notes", ())),
+            planned_trials=int(data.get("planned_trials", 0)),
         )
 
 

@@ -148,6 +148,15 @@ def _count(value: float) -> str:
 # -- the page's sections ---------------------------------------------------------------------
 
 
+def _trials(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
+    if meta.planned_trials > len(records):
+        return (
+            f"{len(records)} of the {meta.planned_trials} planned: **the study is still running**; "
+            "every number below is from the trials done so far"
+        )
+    return str(len(records))
+
+
 def _header(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
     seeds = ", ".join(str(s) for s in sorted({r.seed for r in records})) or NONE
     return "\n".join(
@@ -165,7 +174,7 @@ def _header(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
             f"- Wall time: {_hms(meta.wall_seconds)} (summed over the command's invocations: a "
             "study resumed after an interruption counts each)",
             f"- Seeds: {seeds}",
-            f"- Trials: {len(records)}",
+            f"- Trials: {_trials(meta, records)}",
             f"- Primary metric: {_metric_name(meta.metric)} (test split for the claims, "
             "validation split for every choice)",
         ]
