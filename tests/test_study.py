@@ -71,8 +71,6 @@ settings:
   short: {{set: {{optim.epochs: 1, optim.warmup_epochs: 0}}}}
 methods:
   simclr: {{set: {{loss.method: simclr}}}}
-claims:
-  - {{id: S, text: nothing to compare, kind: paired, better: [simclr], worse: simclr}}
 """
 
 

@@ -115,6 +115,11 @@ BAD = {
         "byol",
     ),
     "bad metric": (STUDY.replace("  seeds:", "  metric: top9\n  seeds:"), "study.metric", "top9"),
+    "baseline among the candidates": (
+        STUDY.replace("better: [tags], worse: simclr", "better: [tags, simclr], worse: simclr"),
+        "claims.0",
+        "among better",
+    ),
     "negative weight decay": (
         STUDY.replace("[0.0, 1.0e-3]", "[-1.0]"),
         "study.probe.weight_decays",

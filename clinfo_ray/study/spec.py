@@ -389,7 +389,10 @@ def _claim(r: _Reader, i: int, raw: Any, known: Sequence[str]) -> ClaimSpec:
         reference = (
             r.names(c["reference"], f"{key}.reference", known)[0] if c.get("reference") else ""
         )
-        return ClaimSpec(str(c["id"]), str(c["text"]), "paired", better, worse, reference)
+        try:
+            return ClaimSpec(str(c["id"]), str(c["text"]), "paired", better, worse, reference)
+        except ValueError as err:  # e.g. the baseline among the candidates
+            raise r.fail(key, str(err)) from None
     methods = r.names(c.get("methods"), f"{key}.methods", known)
     if len(methods) < 2:
         raise r.fail(f"{key}.methods", "a correlation needs at least 2 methods")
