@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from clinfo_ray.commands.flags import add_address_argument
 
 if TYPE_CHECKING:
-    from clinfo_ray.config import TrainConfig
     from clinfo_ray.study.spec import Study
 
 log = logging.getLogger(__name__)
@@ -158,11 +157,12 @@ class WallClock:
 def _train(study: Study, args: argparse.Namespace) -> int:
     from clinfo_ray.commands.common import connect_ray, fail
     from clinfo_ray.config import ConfigError
+    from clinfo_ray.data.columns import MANIFEST
     from clinfo_ray.training.launch import check_before_ray
     from clinfo_ray.tuning.search import trial_resources
 
     data_dir = Path(study.base.data.dataset_dir)
-    needs_data = not (data_dir / "manifest.json").is_file()
+    needs_data = not (data_dir / MANIFEST).is_file()
     if needs_data and study.prepare is None:
         return fail(
             "study",
@@ -207,7 +207,7 @@ def _grid(study: Study, max_concurrent: int | None) -> int:
     from clinfo_ray.training.launch import with_absolute_paths
     from clinfo_ray.tuning.search import derived_max_concurrent
 
-    study = _with_base(study, with_absolute_paths(study.base))
+    study = dataclasses.replace(study, base=with_absolute_paths(study.base))
     gpu = ray_uses_gpu(study.base.run.device)
     concurrent = max_concurrent or derived_max_concurrent(study.base, ray.cluster_resources(), gpu)
     folder = study_dir(study)
@@ -233,12 +233,6 @@ def _grid(study: Study, max_concurrent: int | None) -> int:
             status=1,
         )
     return 0
-
-
-def _with_base(study: Study, base: TrainConfig) -> Study:
-    import dataclasses
-
-    return dataclasses.replace(study, base=base)
 
 
 def machine_line() -> str:
@@ -269,7 +263,6 @@ def _report(
 ) -> int:
     """Copy the study's raw results to OUT (when elsewhere), record the run in meta.json, and
     write the page and plots from OUT's files alone."""
-    import dataclasses
     import datetime
     import json
 

@@ -85,7 +85,7 @@ def parse_set_overrides(items: Sequence[str], root: type[_Root] = TrainConfig) -
     return overrides
 
 
-def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+def yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     mark = getattr(err, "problem_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     what = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -130,7 +130,7 @@ def load_config(
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
     except yaml.YAMLError as err:
-        raise _yaml_error(path, err) from None
+        raise yaml_error(path, err) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections; got {type(raw).__name__}")
     parsed = parse_set_overrides(overrides, root)

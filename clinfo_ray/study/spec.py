@@ -50,7 +50,7 @@ from clinfo_ray.config import (
     apply_overrides,
     load_config,
 )
-from clinfo_ray.config.loading import YamlLoader, line_of, named_file
+from clinfo_ray.config.loading import YamlLoader, line_of, named_file, yaml_error
 from clinfo_ray.study.records import ClaimSpec
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
@@ -166,9 +166,7 @@ class _Reader:
         except OSError as err:
             raise ConfigError(f"cannot read study {path}: {err.strerror or err}") from err
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+            raise yaml_error(path, err) from None
         if not isinstance(self.raw, dict):
             raise ConfigError(f"{path}: expected a mapping with a 'study' section")
 
