@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clinfo_ray.config import PrepareConfig
+from clinfo_ray.config import ConfigError, PrepareConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import split_files
-from clinfo_ray.data.write.prepare import prepare
-from clinfo_ray.data.write.sources.source_table import PrepareError
+from clinfo_ray.data.write.prepare import list_source, prepare
+from clinfo_ray.data.write.sources.source_table import (
+    PrepareError,
+    SourceTable,
+    keep_train_per_class,
+    table_from_columns,
+)
 from tests.datasets import draw_shapes
 
 pytestmark = pytest.mark.ray
@@ -121,3 +128,31 @@ def test_fashion_mnist_idx_files(ray_session, tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x09\x01"))
     with pytest.raises(PrepareError, match="not a uint8 idx file"):
         prepare(PrepareConfig("fashion-mnist", str(tmp_path / "ds2"), images=str(tmp_path)))
+
+
+def test_train_per_class_keeps_a_subset_fixed_by_the_ids(tmp_path):
+    """No Ray: the subset is listed before any image is read."""
+    for split, n in (("train", 40), ("t10k", 5)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 4)
+    config = PrepareConfig("fashion-mnist", str(tmp_path / "ds"), images=str(tmp_path))
+    full = list_source(config).rows.to_pylist()
+    subset = list_source(dataclasses.replace(config, train_per_class=3)).rows.to_pylist()
+    train = [r for r in subset if r[C.SPLIT] == C.TRAIN]
+    assert sorted(Counter(r[C.LABEL] for r in train).values()) == [3, 3, 3, 3]
+    assert [r[C.ID] for r in subset if r[C.SPLIT] == C.TEST] == [f"test/{i:05d}" for i in range(5)]
+    assert {r[C.ID] for r in train} < {r[C.ID] for r in full}
+    again = list_source(dataclasses.replace(config, train_per_class=3, seed=7)).rows
+    assert again.column(C.ID).to_pylist() == [r[C.ID] for r in subset]
+    other = list_source(dataclasses.replace(config, train_per_class=9)).rows.to_pylist()
+    assert {r[C.ID] for r in train} < {r[C.ID] for r in other}  # a larger subset extends it
+    everything = list_source(dataclasses.replace(config, train_per_class=10)).rows
+    assert everything.num_rows == len(full)
+
+
+def test_train_per_class_needs_labels():
+    rows = table_from_columns(["a", "b"], [C.TRAIN, C.TRAIN], data=[b"x", b"y"], labels=[0, None])
+    with pytest.raises(PrepareError, match="'b' has none"):
+        keep_train_per_class(SourceTable(rows), 1)
+    with pytest.raises(ConfigError, match="train_per_class"):
+        PrepareConfig("fashion-mnist", "out", train_per_class=0)

@@ -193,7 +193,7 @@ def ensure_dataset(study: Study) -> Any:
     except (FileNotFoundError, ValueError) as err:
         if study.prepare is None:
             raise
-        print(f"{err}: preparing {folder} (npm packages, cached) ...", flush=True)
+        print(f"{err}: preparing {folder} from {study.prepare.source} ...", flush=True)
     prepare(dataclasses.replace(study.prepare, out=folder, overwrite=True))
     return read_manifest(folder)
 

@@ -11,7 +11,7 @@ from clinfo_ray.config import PrepareConfig
 from clinfo_ray.config.sections import SourceName
 from clinfo_ray.data.manifest import Manifest
 from clinfo_ray.data.write.shard_writer import write_dataset
-from clinfo_ray.data.write.sources.source_table import SourceTable
+from clinfo_ray.data.write.sources.source_table import SourceTable, keep_train_per_class
 
 SOURCES = typing.get_args(SourceName)
 IDX_DEFAULT_DIRS = {
@@ -28,7 +28,15 @@ def source_dir(config: PrepareConfig) -> Path:
 
 
 def list_source(config: PrepareConfig) -> SourceTable:
-    """The images of ``config.source``, listed but not yet read."""
+    """The images of ``config.source``, listed but not yet read (at most
+    ``config.train_per_class`` train images of each label)."""
+    source = _list_all(config)
+    if config.train_per_class is None:
+        return source
+    return keep_train_per_class(source, config.train_per_class)
+
+
+def _list_all(config: PrepareConfig) -> SourceTable:
     if config.source == "emoji":
         from clinfo_ray.data.write.sources.emoji import load_emoji
 

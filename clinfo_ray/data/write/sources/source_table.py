@@ -7,6 +7,7 @@ annotation naming a missing file) go to ``skipped`` right away.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -74,11 +75,44 @@ def check_unique_ids(ids: Sequence[str]) -> None:
     raise PrepareError(f"{len(dupes)} duplicate id(s), e.g. {dupes[0]!r}")
 
 
+def hash_unit(key: str, salt: str) -> float:
+    """A number in [0, 1) from a stable hash of ``salt:key``: uniform over keys, fixed per key."""
+    digest = hashlib.sha1(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def hash_split(key: str, test_fraction: float, *, salt: str = "clinfo-ray") -> str:
     """``train`` or ``test`` from a stable hash of ``key``: the same key always lands the same."""
-    digest = hashlib.sha1(f"{salt}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
-    return C.TEST if u < test_fraction else C.TRAIN
+    return C.TEST if hash_unit(key, salt) < test_fraction else C.TRAIN
+
+
+def keep_train_per_class(source: SourceTable, per_class: int) -> SourceTable:
+    """``source`` with at most ``per_class`` train rows of each label: those whose ids hash
+    lowest (salt ``clinfo-ray-subset``), so the subset is fixed by the ids alone. Test rows are
+    all kept. (The rows left out are not "skipped": nothing is wrong with them; the manifest
+    records ``train_per_class`` among its options and the split's count.)"""
+    rows = source.rows
+    splits = rows.column(C.SPLIT).to_pylist()
+    labels = rows.column(C.LABEL).to_pylist()
+    ids = rows.column(C.ID).to_pylist()
+    unlabelled = [
+        i for i, s, y in zip(ids, splits, labels, strict=True) if s == C.TRAIN and y is None
+    ]
+    if unlabelled:
+        raise PrepareError(
+            f"train_per_class needs a label on every train row; {unlabelled[0]!r} has none"
+        )
+    order = sorted(
+        (i for i, s in enumerate(splits) if s == C.TRAIN),
+        key=lambda i: hash_unit(ids[i], "clinfo-ray-subset"),
+    )
+    taken: Counter[int] = Counter()
+    keep = [s != C.TRAIN for s in splits]
+    for i in order:
+        if taken[labels[i]] < per_class:
+            taken[labels[i]] += 1
+            keep[i] = True
+    return dataclasses.replace(source, rows=rows.filter(pa.array(keep)))
 
 
 def index_names(names: Iterable[str | None]) -> tuple[list[int | None], list[str]]:
