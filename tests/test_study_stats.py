@@ -153,6 +153,8 @@ def test_paired_interval_straddling_zero_is_inconclusive() -> None:
 def test_paired_difference_names_the_missing_seeds() -> None:
     with pytest.raises(ValueError, match=r"missing from the second: \[0\].*first: \[2, 3\]"):
         paired_difference({0: 0.5, 1: 0.6}, {1: 0.4, 2: 0.4, 3: 0.4})
+    with pytest.raises(ValueError, match=r"both sides have, got \[0\]$"):
+        paired_difference({0: 0.5}, {0: 0.4})  # one seed, none missing: nothing more to say
 
 
 def test_verdict_boundaries() -> None:

@@ -55,6 +55,13 @@ from clinfo_ray.study.records import ClaimSpec
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 METRICS = ("linear_top1", "knn_top1")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 seed``, ``2 seeds``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 TOP_KEYS = ("extends", "study", "prepare", "set", "settings", "methods", "claims", "quick", "notes")
 STUDY_KEYS = ("name", "config", "seeds", "metric", "evaluate_test", "probe", "setting_search")
 METHOD_KEYS = ("about", "set")
@@ -292,7 +299,8 @@ def load_study(
         claims = tuple(quick_claim(c, keep) for c in claims if _claim_fits(c, keep))
         epochs = {study_epochs(base, quick_set, m) for m in methods}
         quick_note = (
-            f"This is the study's --quick grid ({len(methods)} methods, {len(seeds)} seeds, "
+            f"This is the study's --quick grid ({plural(len(methods), 'method')}, "
+            f"{plural(len(seeds), 'seed')}, "
             f"{'/'.join(map(str, sorted(epochs)))} epochs): a check that the whole pipeline runs, "
             "not evidence about the claims; the verdicts below are computed as in the full "
             "study and mean nothing at this budget."

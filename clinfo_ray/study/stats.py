@@ -164,9 +164,10 @@ def paired_difference(
     only_a = sorted(a_by_seed.keys() - b_by_seed.keys())
     only_b = sorted(b_by_seed.keys() - a_by_seed.keys())
     if len(seeds) < 2:
+        gaps = [f"seeds missing from the second: {only_a}"] if only_a else []
+        gaps += [f"seeds missing from the first: {only_b}"] if only_b else []
         raise ValueError(
-            f"a paired difference needs 2 seeds both sides have, got {seeds}; seeds missing "
-            f"from the second: {only_a}, missing from the first: {only_b}"
+            "; ".join([f"a paired difference needs 2 seeds both sides have, got {seeds}", *gaps])
         )
     mean, sd = mean_sd(a_by_seed[s] - b_by_seed[s] for s in seeds)
     assert sd is not None
