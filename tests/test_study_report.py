@@ -138,6 +138,7 @@ def test_the_page_shows_the_hand_computed_numbers(tmp_path: Path) -> None:
     expected = [
         "clinfo-ray study --study paper",
         "Wall time: 1:02:03",
+        "training 0:03:08 (the epochs), evaluation 0:00:49",  # 15 trials x 12.5 s and 3.25 s
         "Seeds: 0, 1, 2",
         "A note printed as it is.",
         # simclr: 0.50, 0.52, 0.54; tags-top8: 0.60, 0.61, 0.65 (sd √0.0007)

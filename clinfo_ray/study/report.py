@@ -159,6 +159,8 @@ def _trials(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
 
 def _header(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
     seeds = ", ".join(str(s) for s in sorted({r.seed for r in records})) or NONE
+    train = sum(r.train_seconds for r in records)
+    evaluation = sum(r.eval_seconds for r in records)
     return "\n".join(
         [
             f"# Results: {meta.name}",
@@ -173,6 +175,10 @@ def _header(meta: StudyMeta, records: Sequence[TrialRecord]) -> str:
             f"- Date: {meta.date}",
             f"- Wall time: {_hms(meta.wall_seconds)} (summed over the command's invocations: a "
             "study resumed after an interruption counts each)",
+            f"- The trials' own time, summed: training {_hms(train)} (the epochs), evaluation "
+            f"{_hms(evaluation)}; the rest of "
+            "the wall time starts each trial's workers and reads its data (trials run side by "
+            "side can sum to more than the wall time)",
             f"- Seeds: {seeds}",
             f"- Trials: {_trials(meta, records)}",
             f"- Primary metric: {_metric_name(meta.metric)} (test split for the claims, "
