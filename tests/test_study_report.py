@@ -191,7 +191,9 @@ def test_an_undefined_gap_closure_is_said_so(tmp_path: Path) -> None:
     claim = ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags",), "simclr", "supcon")
     write_report(records, [claim], META, tmp_path / "out", tmp_path / "page.md")
     text = (tmp_path / "page.md").read_text()
-    assert "undefined: supcon does not beat simclr on test (-0.020)" in text
+    # supcon - simclr: -0.01, -0.02, -0.03; half-width t(0.975, 2)·0.01/√3 = 0.0248
+    lead = "-0.020 [-0.045, +0.005], is inconclusive at this budget"
+    assert f"undefined: supcon's lead over simclr on test, {lead}, so the ratio" in text
 
 
 def test_the_images_exist_and_the_links_resolve(tmp_path: Path) -> None:

@@ -275,15 +275,23 @@ def test_evaluate_claims_paired_and_correlation() -> None:
             "4", "I up, H down", "correlation", methods=("tags-a", "tags-b", "kmeans", "supcon")
         ),
     ]
-    one, two, three, four = evaluate_claims(_study(), claims, "linear_top1")
+    noisy = ClaimSpec(
+        "5", "tags, against a noisy reference", "paired", ("tags-a",), "simclr", "kmeans"
+    )
+    one, two, three, four, five = evaluate_claims(_study(), [*claims, noisy], "linear_top1")
     assert one.chosen == "tags-a"  # val 0.63 > 0.61, though tags-b is better on test
     assert one.val_means == pytest.approx({"tags-a": 0.63, "tags-b": 0.61})
     assert one.difference is not None and one.difference.mean == pytest.approx(0.10)
     assert one.verdict == SUPPORTED
     assert one.gap == pytest.approx((0.62 - 0.52) / (0.72 - 0.52))
     assert one.knn_difference is not None and one.knn_difference.mean == pytest.approx(0.10)
+    assert one.reference_lead is not None and one.reference_lead.mean == pytest.approx(0.20)
     assert two.verdict == INCONCLUSIVE  # differences +0.03, -0.03, +0.03
-    assert two.gap is None
+    assert two.gap is None and two.reference_lead is None
+    # kmeans leads simclr by +0.01 on the means, but seed by seed +0.03, -0.03, +0.03: the ratio
+    # (0.62 - 0.52) / (0.53 - 0.52) = 10 would divide by noise, so there is none
+    assert five.reference_lead is not None and five.reference_lead.mean == pytest.approx(0.01)
+    assert verdict(five.reference_lead.interval) == INCONCLUSIVE and five.gap is None
     assert three.verdict == NOT_EVALUATED and "nope" in three.error
     # the points are method means: accuracy (0.62, 0.70, 0.53, 0.72)
     mi = correlation([1.0, 2.0, 0.5, 3.0], [0.62, 0.70, 0.53, 0.72])

@@ -242,10 +242,11 @@ def _gap_cell(result: ClaimResult) -> str:
         return NONE
     if result.gap is not None:
         return f"{result.gap:.2f}"
-    lead = result.test_means[spec.reference] - result.test_means[spec.worse]
+    lead = result.reference_lead
+    assert lead is not None
     return (
-        f"undefined: {spec.reference} does not beat {spec.worse} on test "
-        f"({_signed(lead)}), so the ratio has no meaning"
+        f"undefined: {spec.reference}'s lead over {spec.worse} on test, "
+        f"{_difference_cell(lead)}, is {verdict(lead.interval)}, so the ratio has no meaning"
     )
 
 
@@ -288,7 +289,8 @@ def _claims_section(results: Sequence[ClaimResult], metric: str) -> str:
         "highest mean validation score against the baseline; the interval is the Student-t 95% "
         "interval over seeds. Supported: the interval lies above 0; not supported: below 0; "
         "else inconclusive at this budget. Gap closure: (chosen − baseline) / (reference − "
-        "baseline) on the test means."
+        "baseline) on the test means, when the reference's own paired lead over the baseline is "
+        "supported."
     )
     lines = [_table(header, [_claim_row(r, metric) for r in results])]
     for r in results:
@@ -298,7 +300,8 @@ def _claims_section(results: Sequence[ClaimResult], metric: str) -> str:
                 f"Claim {r.spec.id} gap closure: ({_acc(means[r.chosen])} − "
                 f"{_acc(means[r.spec.worse])}) / ({_acc(means[r.spec.reference])} − "
                 f"{_acc(means[r.spec.worse])}) = {_gap_cell(r)} (test means of "
-                f"{r.chosen}, {r.spec.worse}, {r.spec.reference})."
+                f"{r.chosen}, {r.spec.worse}, {r.spec.reference}; the ratio is given only when "
+                f"{r.spec.reference}'s paired lead over {r.spec.worse} is supported)."
             )
     return "\n\n".join(["## Claims", texts, explained, *lines])
 

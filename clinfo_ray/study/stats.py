@@ -284,9 +284,11 @@ def directed_verdict(interval: tuple[float, float] | None, sign: int) -> str:
 class ClaimResult:
     """A claim's outcome. paired: ``chosen`` (the candidate val chose, by ``val_means``),
     ``difference`` chosen - worse on the test metric and ``knn_difference`` on test kNN top-1,
-    ``test_means`` of the methods compared, ``gap`` the gap closure (None: no reference, or
-    it does not beat worse). correlation: r of the methods' mean test metric with their mean
-    I(Z;T) and H(Z|T), one verdict each, and ``points`` (method, mean I, mean H, mean metric).
+    ``test_means`` of the methods compared, ``reference_lead`` reference - worse seed by seed,
+    ``gap`` the gap closure (None: no reference, or its lead over worse is not supported by its
+    own interval: a ratio over a lead within the seeds' noise means nothing). correlation: r of
+    the methods' mean test metric with their mean I(Z;T) and H(Z|T), one verdict each, and
+    ``points`` (method, mean I, mean H, mean metric).
     ``error``: why the claim could not be evaluated (verdict NOT_EVALUATED)."""
 
     spec: ClaimSpec
@@ -296,6 +298,7 @@ class ClaimResult:
     test_means: dict[str, float] = field(default_factory=dict)
     difference: PairedDifference | None = None
     knn_difference: PairedDifference | None = None
+    reference_lead: PairedDifference | None = None
     gap: float | None = None
     mutual_information: Correlation | None = None
     conditional_entropy: Correlation | None = None
@@ -344,9 +347,13 @@ def _paired_claim(records: Sequence[TrialRecord], claim: ClaimSpec, metric: str)
             raise ValueError(f"claim {claim.id}: no seed has all of {sorted(by_method)}")
     # the means on the seeds every compared method has, so the gap closure compares like with like
     test_means = {m: mean_sd(v[s] for s in sorted(seeds))[0] for m, v in by_method.items()}
-    gap = None
+    gap = lead = None
     if claim.reference:
-        gap = gap_closure(test_means[chosen], test_means[claim.worse], test_means[claim.reference])
+        lead = paired_difference(by_method[claim.reference], worse_test)
+        if verdict(lead.interval) == SUPPORTED:
+            gap = gap_closure(
+                test_means[chosen], test_means[claim.worse], test_means[claim.reference]
+            )
     return ClaimResult(
         claim,
         verdict(difference.interval),
@@ -355,6 +362,7 @@ def _paired_claim(records: Sequence[TrialRecord], claim: ClaimSpec, metric: str)
         test_means=test_means,
         difference=difference,
         knn_difference=knn,
+        reference_lead=lead,
         gap=gap,
     )
 
