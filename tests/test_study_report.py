@@ -170,6 +170,12 @@ def test_the_correlation_claim_shows_r_of_the_method_means(tmp_path: Path) -> No
         assert f"| {name} | " in text
         assert f"{r:+.3f} [{low:+.3f}, {high:+.3f}] | 4 |" in text, (name, r, low, high)
     assert "| tags-top32 | 2.00 | 2.00 | 0.700 |" in text
+    # both at once (numpy's least squares on these 4 points): slopes +0.140 a bit of I(Z;T),
+    # +0.044 a bit of H(Z|T); I and H correlate r = -0.990; 1 degree of freedom
+    assert "correlate with each other (r = -0.990)" in text
+    assert "(least squares of accuracy on both, 1 degree of freedom;" in text
+    assert re.search(r"\+0\.140 \[[-+.0-9]+, [-+.0-9]+\] a bit of I\(Z;T\)", text)
+    assert re.search(r"\+0\.044 \[[-+.0-9]+, [-+.0-9]+\] a bit of H\(Z\|T\) \(a fall", text)
 
 
 def test_the_setting_search_uses_validation_only(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from clinfo_ray.study.records import ClaimSpec, TrialRecord
@@ -21,6 +22,7 @@ from clinfo_ray.study.stats import (
     directed_verdict,
     evaluate_claims,
     gap_closure,
+    joint_fit,
     mean_sd,
     paired_difference,
     regularized_incomplete_beta,
@@ -310,3 +312,26 @@ def test_correlation_claim_needs_cluster_statistics() -> None:
     (result,) = evaluate_claims(_study(), [claim], "linear_top1")
     assert result.verdict == NOT_EVALUATED
     assert "simclr: no cluster statistics for seeds [0, 1, 2]" in result.error
+
+
+def test_joint_fit_recovers_exact_slopes_and_matches_least_squares() -> None:
+    mi = [1.0, 2.0, 3.0, 4.0, 5.0, 2.5]
+    ce = [0.5, 0.4, 1.5, 1.0, 2.5, 3.0]
+    exact = joint_fit(mi, ce, [0.3 + 0.02 * a - 0.05 * b for a, b in zip(mi, ce, strict=True)])
+    assert exact.slopes == pytest.approx((0.02, -0.05))
+    assert exact.intervals[0] == pytest.approx((0.02, 0.02), abs=1e-9)  # no residual
+    noise = [0.004, -0.003, 0.001, -0.002, 0.003, -0.001]
+    y = [0.3 + 0.02 * a - 0.05 * b + e for a, b, e in zip(mi, ce, noise, strict=True)]
+    fit = joint_fit(mi, ce, y)
+    design = np.column_stack([np.ones(6), mi, ce])
+    beta, rss, *_ = np.linalg.lstsq(design, np.array(y), rcond=None)
+    cov = rss[0] / (6 - 3) * np.linalg.inv(design.T @ design)
+    half = 3.182446305284263 * np.sqrt(np.diag(cov))[1:]  # t(0.975, 3)
+    assert fit.slopes == pytest.approx(tuple(beta[1:]))
+    assert fit.intervals[0] == pytest.approx((beta[1] - half[0], beta[1] + half[0]))
+    assert fit.intervals[1] == pytest.approx((beta[2] - half[1], beta[2] + half[1]))
+    assert fit.r_predictors == pytest.approx(np.corrcoef(mi, ce)[0, 1])
+    with pytest.raises(ValueError, match="collinear"):
+        joint_fit(mi, [2 * a + 1 for a in mi], y)
+    with pytest.raises(ValueError, match="at least 4"):
+        joint_fit(mi[:3], ce[:3], y[:3])

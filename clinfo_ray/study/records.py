@@ -201,3 +201,8 @@ def write_meta(path: Path, meta: StudyMeta) -> None:
 
 def read_meta(path: Path) -> StudyMeta:
     return StudyMeta.from_dict(json.loads(path.read_text()))
+
+
+def plural(n: int, word: str) -> str:
+    """``1 seed``, ``2 seeds``: for the study's pages."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

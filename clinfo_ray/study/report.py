@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clinfo_ray.study.records import ClaimSpec, StudyMeta, TrialRecord
+from clinfo_ray.study.records import ClaimSpec, StudyMeta, TrialRecord, plural
 from clinfo_ray.study.stats import (
     ClaimResult,
     Correlation,
+    JointFit,
     PairedDifference,
+    directed_verdict,
     evaluate_claims,
     mean_sd,
     paired_difference,
@@ -336,7 +338,23 @@ def _correlation_section(result: ClaimResult, metric: str) -> str:
                 ["method", "I(Z;T) bits", "H(Z|T) bits", f"test {_metric_name(metric)}"], points
             ),
             _table(["r of accuracy with", "expected", "r [95% CI]", "methods", "verdict"], rows),
+            _joint_fit_text(result.joint),
         ]
+    )
+
+
+def _joint_fit_text(joint: JointFit | None) -> str:
+    if joint is None:
+        return "No fit on both at once (fewer than 4 methods, or I(Z;T) and H(Z|T) collinear)."
+    (b_mi, b_ce), (i_mi, i_ce) = joint.slopes, joint.intervals
+    return (
+        f"Across these methods I(Z;T) and H(Z|T) correlate with each other (r = "
+        f"{_signed(joint.r_predictors)}), so each r above also carries the other's effect. "
+        "Holding the other fixed (least squares of accuracy on both, "
+        f"{plural(joint.n - 3, 'degree')} of freedom; shown beside the claim, not deciding it): "
+        f"{_signed(b_mi)} {_interval(*i_mi)} a bit of I(Z;T) (a rise expected: "
+        f"{directed_verdict(i_mi, +1)}), {_signed(b_ce)} {_interval(*i_ce)} a bit of H(Z|T) "
+        f"(a fall expected: {directed_verdict(i_ce, -1)})."
     )
 
 

@@ -51,15 +51,10 @@ from clinfo_ray.config import (
     load_config,
 )
 from clinfo_ray.config.loading import YamlLoader, line_of, named_file, yaml_error
-from clinfo_ray.study.records import ClaimSpec
+from clinfo_ray.study.records import ClaimSpec, plural
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "configs" / "studies"
 METRICS = ("linear_top1", "knn_top1")
-
-
-def plural(n: int, word: str) -> str:
-    """``1 seed``, ``2 seeds``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 TOP_KEYS = ("extends", "study", "prepare", "set", "settings", "methods", "claims", "quick", "notes")

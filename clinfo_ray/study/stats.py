@@ -271,6 +271,57 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
     return Correlation(r, len(x), math.tanh(z - half), math.tanh(z + half))
 
 
+@dataclass(frozen=True)
+class JointFit:
+    """Least squares of y on two predictors at once: each slope holds the other predictor
+    fixed, with its Student-t 95% interval on n - 3 degrees of freedom; ``r_predictors`` is
+    the predictors' own correlation (near ±1: the two effects cannot be told apart)."""
+
+    slopes: tuple[float, float]
+    intervals: tuple[tuple[float, float], tuple[float, float]]
+    n: int
+    r_predictors: float
+
+
+def joint_fit(x1: Sequence[float], x2: Sequence[float], y: Sequence[float]) -> JointFit:
+    """y ≈ a + b1·x1 + b2·x2 (at least 4 points; ValueError when x1 and x2 are collinear)."""
+    n = len(y)
+    if not len(x1) == len(x2) == n:
+        raise ValueError(f"a joint fit of {len(x1)}, {len(x2)} predictor values, {n} responses")
+    if n < 4:
+        raise ValueError(f"a fit on two predictors needs at least 4 points, got {n}")
+    columns = [[v - math.fsum(c) / n for v in c] for c in (x1, x2, y)]
+
+    def dot(a: list[float], b: list[float]) -> float:
+        return math.fsum(p * q for p, q in zip(a, b, strict=True))
+
+    s11, s12, s22 = (
+        dot(columns[0], columns[0]),
+        dot(columns[0], columns[1]),
+        dot(columns[1], columns[1]),
+    )
+    s1y, s2y, syy = (
+        dot(columns[0], columns[2]),
+        dot(columns[1], columns[2]),
+        dot(columns[2], columns[2]),
+    )
+    det = s11 * s22 - s12 * s12
+    if s11 == 0 or s22 == 0 or det <= 1e-12 * s11 * s22:
+        raise ValueError("the two predictors are collinear (or one is constant): no joint fit")
+    b1 = (s22 * s1y - s12 * s2y) / det
+    b2 = (s11 * s2y - s12 * s1y) / det
+    residual = max(0.0, syy - b1 * s1y - b2 * s2y)
+    scale = residual / (n - 3)
+    t = student_t_quantile(0.5 + CONFIDENCE / 2, n - 3)
+    half1, half2 = t * math.sqrt(scale * s22 / det), t * math.sqrt(scale * s11 / det)
+    return JointFit(
+        (b1, b2),
+        ((b1 - half1, b1 + half1), (b2 - half2, b2 + half2)),
+        n,
+        s12 / math.sqrt(s11 * s22),
+    )
+
+
 def directed_verdict(interval: tuple[float, float] | None, sign: int) -> str:
     """The verdict for an effect the paper expects with ``sign`` (+1 or -1); no interval (too
     few points) is inconclusive."""
@@ -305,6 +356,7 @@ class ClaimResult:
     mutual_information_verdict: str = ""
     conditional_entropy_verdict: str = ""
     points: tuple[tuple[str, float, float, float], ...] = ()
+    joint: JointFit | None = None
     error: str = ""
 
 
@@ -395,9 +447,14 @@ def _correlation_claim(
         overall = SUPPORTED
     else:
         overall = INCONCLUSIVE
+    try:  # shown beside the correlations, never decides the claim (its verdict is theirs)
+        joint = joint_fit([p[1] for p in points], [p[2] for p in points], accuracies)
+    except ValueError:
+        joint = None
     return ClaimResult(
         claim,
         overall,
+        joint=joint,
         mutual_information=mi,
         conditional_entropy=ce,
         mutual_information_verdict=mi_verdict,
