@@ -288,3 +288,17 @@ def test_a_study_still_running_says_how_many_trials_are_done(tmp_path: Path) -> 
         records, CLAIMS, dataclasses.replace(META, planned_trials=len(records)), tmp_path, page
     )
     assert f"- Trials: {len(records)}\n" in page.read_text()  # complete: the count alone
+
+
+def test_a_reference_with_one_seed_leaves_the_claim_evaluated(tmp_path: Path) -> None:
+    """A study published while it runs: the reference has one seed so far."""
+    records = [
+        trial(m, s, 0.5, acc, None)
+        for m, accs in {"simclr": (0.60, 0.62, 0.64), "tags": (0.70, 0.71, 0.75)}.items()
+        for s, acc in enumerate(accs)
+    ] + [trial("supcon", 0, 0.5, 0.80, (1.0, 0.0))]
+    claim = ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags",), "simclr", "supcon")
+    write_report(records, [claim], META, tmp_path / "out", tmp_path / "page.md")
+    text = (tmp_path / "page.md").read_text()
+    assert "| +0.100 [+0.075, +0.125] | 3 | supported |" in text
+    assert "undefined: supcon and simclr share fewer than 2 seeds" in text

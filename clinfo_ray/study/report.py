@@ -245,7 +245,11 @@ def _gap_cell(result: ClaimResult) -> str:
     if result.gap is not None:
         return f"{result.gap:.2f}"
     lead = result.reference_lead
-    assert lead is not None
+    if lead is None:
+        return (
+            f"undefined: {spec.reference} and {spec.worse} share fewer than 2 seeds, so "
+            f"{spec.reference}'s lead has no interval"
+        )
     return (
         f"undefined: {spec.reference}'s lead over {spec.worse} on test, "
         f"{_difference_cell(lead)}, is {verdict(lead.interval)}, so the ratio has no meaning"

@@ -335,7 +335,8 @@ def directed_verdict(interval: tuple[float, float] | None, sign: int) -> str:
 class ClaimResult:
     """A claim's outcome. paired: ``chosen`` (the candidate val chose, by ``val_means``),
     ``difference`` chosen - worse on the test metric and ``knn_difference`` on test kNN top-1,
-    ``test_means`` of the methods compared, ``reference_lead`` reference - worse seed by seed,
+    ``test_means`` of the methods compared, ``reference_lead`` reference - worse seed by seed
+    (None: no reference, or fewer than 2 seeds shared),
     ``gap`` the gap closure (None: no reference, or its lead over worse is not supported by its
     own interval: a ratio over a lead within the seeds' noise means nothing). correlation: r of
     the methods' mean test metric with their mean I(Z;T) and H(Z|T), one verdict each, and
@@ -401,8 +402,11 @@ def _paired_claim(records: Sequence[TrialRecord], claim: ClaimSpec, metric: str)
     test_means = {m: mean_sd(v[s] for s in sorted(seeds))[0] for m, v in by_method.items()}
     gap = lead = None
     if claim.reference:
-        lead = paired_difference(by_method[claim.reference], worse_test)
-        if verdict(lead.interval) == SUPPORTED:
+        try:
+            lead = paired_difference(by_method[claim.reference], worse_test)
+        except ValueError:
+            lead = None  # fewer than 2 seeds shared: no interval, so no gap closure either
+        if lead is not None and verdict(lead.interval) == SUPPORTED:
             gap = gap_closure(
                 test_means[chosen], test_means[claim.worse], test_means[claim.reference]
             )
