@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from clinfo_ray.config import ConfigError
+from clinfo_ray.study.evaluate import trial_encoder_share
 from clinfo_ray.study.spec import STUDIES_DIR, load_study
 
 SHIPPED = sorted(STUDIES_DIR.glob("*.yaml"))
@@ -181,3 +183,20 @@ def test_the_wall_clock_sums_invocations_and_keeps_a_killed_ones_time(tmp_path: 
     with WallClock(tmp_path, every=10.0) as second:
         time.sleep(0.1)
     assert second.total >= first.total + 0.1 and saved() == second.total
+
+
+def test_a_trials_evaluation_asks_for_no_more_than_its_workers_held() -> None:
+    """Two evaluations at once, each with the cluster's default actors (half its CPUs), left no
+    CPU for the decode tasks feeding them and waited for ever (seen in tests/test_study.py)."""
+    cfg = load_study("study_cpu").trial_config("simclr", 0)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, device="cpu"))
+    settings, cpus = trial_encoder_share(cfg)
+    assert settings.num_actors == 1
+    assert cpus == pytest.approx(cfg.run.num_workers * cfg.run.cpus_per_worker)
+    fixed = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_actors=4))
+    settings, cpus = trial_encoder_share(fixed)
+    assert settings.num_actors == 4  # set by the user: kept, the trial's CPUs shared out
+    assert cpus == pytest.approx(cfg.run.num_workers * cfg.run.cpus_per_worker / 4)
+    gpu = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, device="gpu"))
+    settings, _ = trial_encoder_share(gpu)
+    assert settings.num_actors == cfg.run.num_workers  # one actor per GPU the trial held

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from clinfo_ray.config import TrainConfig
+from clinfo_ray.config import EvalConfig, TrainConfig
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest
 from clinfo_ray.data.splits import val_mask
+from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import linear_probe
@@ -72,6 +73,18 @@ def cluster_information(
     return {key: float(stats[key]) for key in CLUSTER_KEYS}
 
 
+def trial_encoder_share(cfg: TrainConfig) -> tuple[EvalConfig, float]:
+    """The evaluation's encoder actors and CPUs each: within what the trial's own Train
+    workers held (their CPUs; on GPUs one actor per worker's GPU), never the cluster's default
+    (half its CPUs, or every GPU). Trials of a study evaluate while others train or evaluate;
+    two evaluations each taking half the CPUs for actors left none for the decode tasks that
+    feed them, and both waited for ever. ``eval.num_actors``, when set, is kept."""
+    gpu = ray_uses_gpu(cfg.eval.device)
+    actors = cfg.eval.num_actors or (cfg.run.num_workers if gpu else 1)
+    cpus = cfg.run.num_workers * cfg.run.cpus_per_worker / actors
+    return dataclasses.replace(cfg.eval, num_actors=actors), cpus
+
+
 def evaluate_trial(
     cfg: TrainConfig,
     checkpoint: Path,
@@ -83,7 +96,10 @@ def evaluate_trial(
     chosen probe. Needs a running Ray (the features are computed over Ray Data)."""
     started = time.perf_counter()
     splits = (C.TRAIN, C.TEST) if evaluate_test else (C.TRAIN,)
-    features = extract_split_features(checkpoint, cfg.data.dataset_dir, splits, cfg.eval)
+    settings, cpus = trial_encoder_share(cfg)
+    features = extract_split_features(
+        checkpoint, cfg.data.dataset_dir, splits, settings, cpus_per_actor=cpus
+    )
     train = features[C.TRAIN]
     group = read_manifest(cfg.data.dataset_dir).val_group
     is_val = val_mask(list(train.ids), cfg.data.val_fraction, group)
