@@ -88,6 +88,13 @@ def test_quick_keeps_its_methods_seeds_and_claims_and_its_set_wins_over_the_meth
     assert [c.id for c in study.claims] == []  # claim 1 needs supcon, claim 2 two methods
 
 
+def test_the_notes_are_the_full_grids_and_quick_prints_its_own(tmp_path: Path) -> None:
+    path = _write(tmp_path, extra='notes: ["Trained at width 16; SupCon ties SimCLR."]')
+    assert load_study(path).notes == ("Trained at width 16; SupCon ties SimCLR.",)
+    (quick_note,) = load_study(path, quick=True).notes
+    assert "SupCon ties" not in quick_note and "quick" in quick_note.lower()
+
+
 def test_a_rerun_is_recognised_by_its_description(tmp_path: Path) -> None:
     path = _write(tmp_path)
     assert load_study(path).describe() == load_study(path).describe()

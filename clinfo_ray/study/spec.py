@@ -23,7 +23,8 @@ trained encoder once (:mod:`clinfo_ray.study.evaluate`). The file::
       - {id: "1", text: ..., kind: paired, better: [a, b], worse: simclr, reference: supcon}
       - {id: "4", text: ..., kind: correlation, methods: [a, b, c, d]}
     quick: {methods: [...], seeds: [0, 1], set: {optim.epochs: 5}}   # --quick
-    notes: [a paragraph, ...]   # printed on the results page
+    notes: [a paragraph, ...]   # printed on the full grid's results page (--quick prints
+                                # its own note instead: these describe the full study)
     extends: study_cpu          # optional: every section not written here comes from that
                                 # study (``study:`` merged key by key)
 
@@ -313,8 +314,8 @@ def load_study(
     notes = top.get("notes") or []
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise r.fail("notes", "expected a list of paragraphs (strings)")
-    if quick:
-        notes = [quick_note, *notes]
+    if quick:  # the file's notes speak of the full grid's setting and results
+        notes = [quick_note]
     return Study(
         path=path,
         name=name,
