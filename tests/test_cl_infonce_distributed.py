@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clinfo_ray.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from clinfo_ray.losses import cl_infonce
-from tests.gloo import run_ranks
+from tests.gloo import finish_rank, run_ranks
 
 WORLD = 2
 TAU = 0.2
@@ -71,7 +71,7 @@ def _worker(rank_: int, port: int, out: str) -> None:
         "rank_world": torch.tensor([rank(), world_size()]),
     }
     torch.save(results, Path(out) / f"rank{rank_}.pt")
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:

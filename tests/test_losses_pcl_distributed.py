@@ -16,7 +16,7 @@ from clinfo_ray.config import KMeansSettings
 from clinfo_ray.losses import Prototypes, pcl_loss
 from clinfo_ray.training.cluster_state import prototype_kmeans
 from clinfo_ray.training.embedding import SplitEmbedding
-from tests.gloo import run_ranks
+from tests.gloo import finish_rank, run_ranks
 
 WORLD, ROWS, VIEWS, TAU = 2, 4, 2, 0.2
 SIZES = (3, 5)
@@ -85,7 +85,7 @@ def _worker(rank_: int, port: int, out: str) -> None:
         "kmeans": _kmeans(rank_),
     }
     torch.save(results, Path(out) / f"rank{rank_}.pt")
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:

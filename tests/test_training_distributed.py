@@ -27,7 +27,7 @@ from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
 from clinfo_ray.training.embedding import embed_split
 from clinfo_ray.training.objective import TrainModule, train_step
-from tests.gloo import run_ranks
+from tests.gloo import finish_rank, run_ranks
 
 WORLD = 2
 SIZE = 16
@@ -151,7 +151,7 @@ def _worker(rank_: int, port: int, scenario: str, out: str) -> None:
     dist.init_process_group("gloo", rank=rank_, world_size=WORLD)
     torch.set_num_threads(1)
     torch.save(SCENARIOS[scenario](rank_), Path(out) / f"rank{rank_}.pt")
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def _on_two_ranks(scenario: str, out: Path) -> list[dict[str, torch.Tensor]]:
