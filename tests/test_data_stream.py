@@ -19,7 +19,8 @@ from clinfo_ray.clusters.assignment import clusters_by_index, train_ids
 from clinfo_ray.clusters.table import ClusterTableError
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.read.augment import ViewAugmentation
-from clinfo_ray.data.read.stream import IMAGE_U8, DropCounter, StreamPlan
+from clinfo_ray.data.read.drop_counter import DropCounter
+from clinfo_ray.data.read.stream import IMAGE_U8, StreamPlan
 from clinfo_ray.distributed import until_any_rank_ends
 from tests.datasets import SHAPES_TRAIN, train_split_with_undecodable_row
 

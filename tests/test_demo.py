@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from clinfo_ray.commands.demo import DEMO_METHODS, DEMO_STUDY, format_table, summary_row
-from clinfo_ray.study.spec import load_study
+from clinfo_ray.study.study_file import load_study
 
 SCORES = {
     "val": {"linear_top1": 0.51, "knn_top1": 0.45},

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -74,6 +75,39 @@ def test_features_equal_model_encode_on_the_decoded_images(dataset: Path, checkp
         assert np.array_equal(labels, want_labels)
         np.testing.assert_allclose(feats, want, rtol=1e-4, atol=1e-5)
         assert np.abs(feats).max() > 0  # a real signal, not an all-zero batch
+
+
+def colour_of(image_id: str) -> int:
+    """The colour of shapes image ``img_NNN.png`` (tests/datasets.py draws colour NNN % 3)."""
+    return int(image_id.removeprefix("img_").split(".")[0]) % 3
+
+
+def with_colour_as_coarse_label(dataset: Path, out: Path) -> Path:
+    """A copy of the shapes dataset whose coarse_label is the colour (its label: the shape)."""
+    out.mkdir(parents=True)
+    manifest = json.loads((dataset / C.MANIFEST).read_text())
+    for name in (name for names in manifest["files"].values() for name in names):
+        table = pq.read_table(dataset / name)
+        colours = pa.array([colour_of(i) for i in table.column(C.ID).to_pylist()], pa.int32())
+        index = table.schema.get_field_index(C.COARSE_LABEL)
+        pq.write_table(table.set_column(index, C.COARSE_LABEL, colours), out / name)
+    (out / C.MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def test_features_carry_the_configured_label_column(
+    dataset: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    coloured = with_colour_as_coarse_label(dataset, tmp_path / "coloured")
+    settings = EvalConfig(batch_size=16, num_actors=1, device="cpu")
+    parts = extract_split_features(
+        checkpoint, coloured, settings=settings, label_column=C.COARSE_LABEL
+    )
+    shapes = extract_split_features(checkpoint, coloured, [C.TEST], settings=settings)
+    for split, part in parts.items():
+        assert part.labels.tolist() == [colour_of(i) for i in part.ids], split
+    assert not np.array_equal(parts[C.TEST].labels, shapes[C.TEST].labels)  # the shapes'
+    np.testing.assert_array_equal(parts[C.TEST].features, shapes[C.TEST].features)
 
 
 def test_eval_command_writes_json_and_tensorboard(

@@ -8,6 +8,7 @@ their bytes depend on matplotlib's version, which the package does not pin.
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -15,19 +16,16 @@ from pathlib import Path
 import pytest
 
 from clinfo_ray.commands.main import main
-from clinfo_ray.study.report import ACCURACY_PLOT, CE_PLOT, MI_PLOT
+from clinfo_ray.study.plots import ACCURACY_PLOT, CE_PLOT, MI_PLOT
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ("results.jsonl", "meta.json", "setting_search.jsonl")
 
 # (study, --quick, the folder of its raw files, its page: "" for the folder's results.md), as
 # the README's commands publish them
-PUBLISHED = [
-    ("study_cpu", False, "docs/study/study_cpu", "docs/results.md"),
-    ("study_cpu", True, "docs/study/study_cpu_quick", ""),
-    ("study_setting_cpu", False, "docs/study/setting_search", ""),
-    ("study_fmnist_cpu", False, "docs/study/study_fmnist_cpu", ""),
-]
+# (protocol 2: the reruns add their pages here as they publish them)
+PUBLISHED: list[tuple[str, bool, str, str]] = []
+ARCHIVE = ROOT / "docs" / "study" / "archive" / "protocol1"
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -58,3 +56,21 @@ def test_a_published_page_is_what_report_only_writes_from_its_raw_files(
     for name in plots:
         assert _png_size(new_out / name) == _png_size(committed_out / name), name
     assert sorted(p.name for p in new_out.glob("*.png")) == sorted(plots)
+
+
+def test_every_archived_protocol_1_page_says_so_and_the_false_sentence_is_corrected() -> None:
+    pages = sorted(ARCHIVE.glob("*/results.md"))
+    assert [p.parent.name for p in pages] == [
+        "setting_search",
+        "study_cpu",
+        "study_cpu_quick",
+        "study_fmnist_cpu",
+    ]
+    for page in pages:
+        assert page.read_text().startswith("> **Archived: protocol 1, superseded**"), page
+        assert (page.parent / "results.jsonl").is_file()
+    study_cpu = (ARCHIVE / "study_cpu" / "results.md").read_text()
+    assert "none changed after. **[Correction, issue 19: this sentence is false." in study_cpu
+    for link in re.findall(r"\]\(([^)#]+)\)", "".join(p.read_text() for p in pages)):
+        if "://" not in link:
+            assert any((p.parent / link).exists() for p in pages), link

@@ -1,7 +1,8 @@
 """``clinfo-ray study`` end to end on the session Ray and the shapes dataset: every (method,
-seed) trained as a Tune trial and evaluated once (the probe chosen on the validation split,
-then the test split), the raw results, the page and plots; the same command again trains
-nothing; ``--report-only`` rewrites the page byte for byte from the raw files alone."""
+seed) trained as a Tune trial and evaluated once (the probe's setting chosen by cross-validation
+on the fitting rows, then one probe scoring the validation and the test split once each), the
+raw results, the page and plots; the same command again trains nothing; ``--report-only``
+rewrites the page byte for byte from the raw files alone."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ methods:
 claims:
   - {{id: "1", text: tags beat SimCLR, kind: paired, better: [tags], worse: simclr,
       reference: supcon}}
-  - {{id: "4", text: accuracy rises with I(Z;T), kind: correlation, methods: [tags, supcon]}}
+  - {{id: "4", text: accuracy rises with I(Z;T), kind: description, methods: [tags, supcon]}}
 notes: ["A tiny study of drawn shapes."]
 """
 METHODS, SEEDS = ("simclr", "tags", "supcon"), (0, 1)
@@ -111,7 +112,7 @@ def study(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Stu
     return Study(args, folder, out, first, before, settings_out, settings)
 
 
-def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_on_validation(
+def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_by_cross_validation(
     study: Study,
 ) -> None:
     records = read_records(study.out / "results.jsonl")
@@ -125,9 +126,11 @@ def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_on_valida
         details = json.loads((run / "study_record.json").read_text())
         grid = details["probe_grid"]
         assert len(grid) == 2
-        best = max(grid, key=lambda t: t["val_top1"])
-        assert r.val["linear_top1"] == best["val_top1"]  # the choice is the val-best setting
+        best = max(grid, key=lambda t: t["cv_top1"])  # the first of equals, as max keeps
+        assert all("val_top1" not in t for t in grid)  # validation scores no setting
+        assert r.probe["cv_top1"] == best["cv_top1"] and r.probe["folds"] == 3
         assert r.probe["weight_decay"] == best["weight_decay"]
+        assert r.protocol == 2
         assert details["rows"]["val"] > 0 and details["rows"]["test"] == 12
         config = json.loads((run / "config.json").read_text())
         assert config["run"]["seed"] == r.seed and config["loss"]["method"] == r.loss_method
@@ -148,6 +151,20 @@ def test_the_page_and_plots_come_from_the_records(study: Study) -> None:
         assert (study.out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((study.out / "meta.json").read_text())
     assert meta["name"] == "tiny" and meta["wall_seconds"] > 10  # both invocations
+
+
+def test_meta_records_the_rules_under_which_the_test_split_was_first_read(study: Study) -> None:
+    from clinfo_ray.study.rules import code_commit
+    from clinfo_ray.study.study_file import load_study
+
+    rules = json.loads((study.out / "meta.json").read_text())["rules"]
+    first = rules["first_test_read"]
+    assert first["digests"] == load_study(study.args[1]).rules()
+    assert first["commit"] == code_commit() and rules["changes"] == []
+    assert (study.folder / "rules.json").is_file()
+    assert "None of them changed after that." in (study.out / "results.md").read_text()
+    # the setting search never reads the test split: no record
+    assert json.loads((study.settings_out / "meta.json").read_text())["rules"] == {}
 
 
 def test_the_same_command_again_trains_nothing(study: Study) -> None:
@@ -199,3 +216,17 @@ def test_collect_publishes_the_study_so_far_without_training(study: Study) -> No
     assert meta["planned_trials"] == len(METHODS) * len(SEEDS) and meta["wall_seconds"] > 10
     assert "--collect" not in meta["command"]  # the command that trains the study
     assert f"- Trials: {len(METHODS) * len(SEEDS)}\n" in (published / "results.md").read_text()
+
+
+def test_a_study_whose_run_folder_is_gone_adopts_its_published_trials(
+    study: Study, tmp_path: Path
+) -> None:
+    """A later session: a fresh checkout has the committed raw results but no run folder."""
+    elsewhere = tmp_path / "fresh_runs"
+    args = [*study.args, "--set", f"run.output_dir={elsewhere}"]
+    assert main(["study", *args]) == 0
+    folder = elsewhere / "study" / "tiny"
+    assert not list(folder.glob("trials/*/checkpoint_*"))  # nothing trained again
+    assert read_records(folder / "results.jsonl") == read_records(study.out / "results.jsonl")
+    rules = json.loads((study.out / "meta.json").read_text())["rules"]
+    assert json.loads((folder / "rules.json").read_text()) == rules["first_test_read"]

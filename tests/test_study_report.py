@@ -23,62 +23,21 @@ from clinfo_ray.study.records import (
     write_meta,
 )
 from clinfo_ray.study.report import ACCURACY_PLOT, CE_PLOT, MI_PLOT, write_report
+from tests.study_data import STUDY_TABLE as STUDY
+from tests.study_data import study_records, trial
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T2 = 4.302652729749464  # t(0.975, 2): three seeds
 
 
-def trial(
-    method: str,
-    seed: int,
-    val: float,
-    test: float | None,
-    clusters: tuple[float, float] | None,
-    *,
-    weight_decay: float = 1e-4,
-    setting: str = "",
-) -> TrialRecord:
-    return TrialRecord(
-        method=method,
-        seed=seed,
-        loss_method="supcon" if method == "supcon" else "cl_infonce",
-        cluster_method="instance" if clusters is None else "tags",
-        val={"linear_top1": val, "knn_top1": val - 0.1},
-        test=None
-        if test is None
-        else {"linear_top1": test, "knn_top1": test - 0.05, "linear_top5": 0.95},
-        probe={"weight_decay": weight_decay, "epochs": 50, "train_top1": 0.9},
-        clusters=None
-        if clusters is None
-        else {
-            "num_clusters": 8,
-            "mutual_information_bits": clusters[0],
-            "conditional_entropy_bits": clusters[1],
-        },
-        epochs=10,
-        train_seconds=12.5,
-        eval_seconds=3.25,
-        trial_id=f"{method}-{seed}",
-        setting=setting,
-    )
-
-
-# method -> (validation at seed 0, test by seed, (I(Z;T), H(Z|T)) or None)
-STUDY = {
-    "simclr": (0.50, (0.50, 0.52, 0.54), None),
-    "tags-top8": (0.62, (0.60, 0.61, 0.65), (1.0, 3.0)),  # best of the tags on validation
-    "tags-top32": (0.60, (0.70, 0.70, 0.70), (2.0, 2.0)),  # best of the tags on test
-    "kmeans-64": (0.55, (0.53, 0.49, 0.57), (0.5, 4.0)),
-    "supcon": (0.80, (0.70, 0.72, 0.74), (3.0, 0.0)),
-}
 CLAIMS = [
     ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags-top8", "tags-top32"), "simclr", "supcon"),
     ClaimSpec("2", "k-means beats SimCLR.", "paired", ("kmeans-64",), "simclr"),
     ClaimSpec("3", "k-means beats SupCon.", "paired", ("kmeans-64",), "supcon"),
     ClaimSpec(
         "4",
-        "Accuracy rises with I(Z;T), falls with H(Z|T).",
-        "correlation",
+        "Accuracy beside I(Z;T) and H(Z|T).",
+        "description",
         methods=("tags-top8", "tags-top32", "kmeans-64", "supcon"),
     ),
 ]
@@ -91,17 +50,6 @@ META = StudyMeta(
     methods=tuple((m, f"the {m} method") for m in STUDY),
     notes=("A note printed as it is.",),
 )
-
-
-def study_records() -> list[TrialRecord]:
-    records = []
-    for method, (val, tests, clusters) in STUDY.items():
-        for seed, test in enumerate(tests):
-            decay = 1e-3 if seed == 1 else 1e-4  # 1e-4 chosen twice out of three
-            records.append(
-                trial(method, seed, val + 0.01 * seed, test, clusters, weight_decay=decay)
-            )
-    return records
 
 
 def setting_records() -> list[TrialRecord]:
@@ -146,19 +94,21 @@ def test_the_page_shows_the_hand_computed_numbers(tmp_path: Path) -> None:
         "| tags-top8 | 3 | 0.620 ± 0.026 | 0.570 ± 0.026 | 0.630 | 0.530 | 8 | 1.00 | 3.00 |",
         # claim 1: differences 0.10, 0.09, 0.11; half-width t(0.975, 2)·0.01/√3 = 0.0248
         "tags-top8 (val linear top-1: tags-top8 0.630, tags-top32 0.610)",
-        "| +0.100 [+0.075, +0.125] | 3 | supported | 0.50 |",
+        "| +0.100 [+0.075, +0.125] | 0, 1, 2 | supported |",
+        # claim 1's kNN difference, supcon's lead (0.20, 0.20, 0.20) and the gap closure
+        "| 1 | +0.100 [+0.075, +0.125] | +0.200 [+0.200, +0.200] | 0.50 |",
         "(0.620 − 0.520) / (0.720 − 0.520) = 0.50",
         # claim 2: +0.03, -0.03, +0.03
-        "| +0.010 [-0.076, +0.096] | 3 | inconclusive at this budget | – |",
+        "| +0.010 [-0.076, +0.096] | 0, 1, 2 | inconclusive at this budget |",
         # claim 3: -0.17, -0.23, -0.17
-        "| -0.190 [-0.276, -0.104] | 3 | not supported | – |",
+        "| -0.190 [-0.276, -0.104] | 0, 1, 2 | not supported |",
     ]
     for snippet in expected:
         assert snippet in text, snippet
     assert "tags-top32 (val" not in text  # test-best, never chosen
 
 
-def test_the_correlation_claim_shows_r_of_the_method_means(tmp_path: Path) -> None:
+def test_the_description_shows_r_of_the_method_means_and_no_verdict(tmp_path: Path) -> None:
     _, page = write(tmp_path)
     text = page.read_text()
     accuracy = [0.62, 0.70, 0.53, 0.72]  # tags-top8, tags-top32, kmeans-64, supcon
@@ -168,14 +118,18 @@ def test_the_correlation_claim_shows_r_of_the_method_means(tmp_path: Path) -> No
     for name, r in (("I(Z;T)", r_mi), ("H(Z\\|T)", r_ce)):
         low, high = math.tanh(math.atanh(r) - z), math.tanh(math.atanh(r) + z)
         assert f"| {name} | " in text
-        assert f"{r:+.3f} [{low:+.3f}, {high:+.3f}] | 4 |" in text, (name, r, low, high)
+        assert f"| {name} | {r:+.3f} [{low:+.3f}, {high:+.3f}] |" in text, (name, r, low, high)
     assert "| tags-top32 | 2.00 | 2.00 | 0.700 |" in text
+    assert (
+        "| 4 | tags-top8, tags-top32, kmeans-64, supcon | – | see below | 0, 1, 2 | described"
+        in text
+    )
     # both at once (numpy's least squares on these 4 points): slopes +0.140 a bit of I(Z;T),
     # +0.044 a bit of H(Z|T); I and H correlate r = -0.990; 1 degree of freedom
     assert "correlate with each other (r = -0.990)" in text
-    assert "(least squares of accuracy on both, 1 degree of freedom;" in text
+    assert "Least squares of accuracy on both at once (1 degree of freedom)" in text
     assert re.search(r"\+0\.140 \[[-+.0-9]+, [-+.0-9]+\] a bit of I\(Z;T\)", text)
-    assert re.search(r"\+0\.044 \[[-+.0-9]+, [-+.0-9]+\] a bit of H\(Z\|T\) \(a fall", text)
+    assert re.search(r"\+0\.044 \[[-+.0-9]+, [-+.0-9]+\] a bit of H\(Z\|T\)\.", text)
 
 
 def test_the_setting_search_uses_validation_only(tmp_path: Path) -> None:
@@ -258,7 +212,7 @@ def test_meta_round_trips_and_claims_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="better and worse"):
         ClaimSpec("1", "x", "paired", ("a",))
     with pytest.raises(ValueError, match="at least 2 methods"):
-        ClaimSpec("4", "x", "correlation", methods=("a",))
+        ClaimSpec("4", "x", "description", methods=("a",))
     with pytest.raises(ValueError, match="wall_seconds"):
         StudyMeta("n", "c", "m", "d", -1.0)
 
@@ -269,7 +223,8 @@ def test_records_stats_and_report_import_neither_torch_nor_ray() -> None:
     import clinfo_ray.study
 
     folder = Path(clinfo_ray.study.__file__).parent
-    for name in ("records.py", "stats.py", "report.py"):
+    names = ("records.py", "intervals.py", "claims.py", "report.py", "page_claims.py", "rules.py")
+    for name in (*names, "page_format.py", "plots.py"):
         tree = ast.parse((folder / name).read_text())
         imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
@@ -290,8 +245,9 @@ def test_a_study_still_running_says_how_many_trials_are_done(tmp_path: Path) -> 
     assert f"- Trials: {len(records)}\n" in page.read_text()  # complete: the count alone
 
 
-def test_a_reference_with_one_seed_leaves_the_claim_evaluated(tmp_path: Path) -> None:
-    """A study published while it runs: the reference has one seed so far."""
+def test_a_claim_whose_methods_share_one_seed_waits_and_says_why(tmp_path: Path) -> None:
+    """A study published while it runs: the reference has one seed so far. One set of seeds per
+    claim: the claim is not evaluated on two seeds and its gap on one."""
     records = [
         trial(m, s, 0.5, acc, None)
         for m, accs in {"simclr": (0.60, 0.62, 0.64), "tags": (0.70, 0.71, 0.75)}.items()
@@ -300,5 +256,54 @@ def test_a_reference_with_one_seed_leaves_the_claim_evaluated(tmp_path: Path) ->
     claim = ClaimSpec("1", "Tags beat SimCLR.", "paired", ("tags",), "simclr", "supcon")
     write_report(records, [claim], META, tmp_path / "out", tmp_path / "page.md")
     text = (tmp_path / "page.md").read_text()
-    assert "| +0.100 [+0.075, +0.125] | 3 | supported |" in text
-    assert "undefined: supcon and simclr share fewer than 2 seeds" in text
+    assert "not evaluated: claim 1: 1 seed(s) shared by all of tags, simclr, supcon" in text
+
+
+def test_a_series_section_shows_each_seeds_points_and_slope(tmp_path: Path) -> None:
+    records = [
+        trial(m, s, 0.5, 0.70 - 0.01 * h - 0.001 * s, (3.0, h))
+        for s in (0, 1, 2)
+        for m, h in (("supcon", 0.0), ("split-m2", 1.0), ("split-m4", 2.0))
+    ]
+    claim = ClaimSpec(
+        "4a",
+        "Accuracy falls with H(Z|T).",
+        "series",
+        methods=("supcon", "split-m2", "split-m4"),
+        axis="conditional_entropy_bits",
+        expect=-1,
+    )
+    write_report(records, [claim], META, tmp_path / "out", tmp_path / "page.md")
+    text = (tmp_path / "page.md").read_text()
+    assert "### Claim 4a: test linear top-1 against H(Z|T), the other held" in text
+    assert "| split-m4 | 2.00 / 0.680 | 2.00 / 0.679 | 2.00 / 0.678 | 0.679 |" in text
+    # the slope is -0.010 on every seed: an interval of zero width, below 0
+    assert "| -0.010 | -0.010 | -0.010 | -0.010 [-0.010, -0.010] |" in text
+    assert "| -0.010 [-0.010, -0.010] a bit | 0, 1, 2 | supported |" in text
+
+
+def test_a_page_never_mixes_protocols_and_protocol_1_says_what_it_got_wrong(
+    tmp_path: Path,
+) -> None:
+    old = [dataclasses.replace(r, protocol=1) for r in study_records()]
+    write_report(old, CLAIMS, META, tmp_path / "out", tmp_path / "page.md")
+    assert "**Protocol 1: superseded.**" in (tmp_path / "page.md").read_text()
+    write_report(study_records(), CLAIMS, META, tmp_path / "out", tmp_path / "new.md")
+    assert "Protocol 1" not in (tmp_path / "new.md").read_text()
+    with pytest.raises(ValueError, match=r"mix evaluation protocols \[1, 2\]"):
+        write_report([*old[:3], *study_records()[3:]], CLAIMS, META, tmp_path, tmp_path / "x.md")
+    line = old[0].to_json().replace(', "protocol": 1', "")
+    assert TrialRecord.from_json(line).protocol == 1  # records from before the key: protocol 1
+
+
+def test_the_rules_section_lists_each_change_after_the_first_test_read(tmp_path: Path) -> None:
+    first = {"date": "2026-12-06", "commit": "abc", "digests": {"claims": "1", "probe": "2"}}
+    change = {"date": "2026-12-09", "commit": "def", "changed": ["claims"], "digests": {}}
+    meta = dataclasses.replace(META, rules={"first_test_read": first, "changes": [change]})
+    write_report(study_records(), CLAIMS, meta, tmp_path / "out", tmp_path / "page.md")
+    text = (tmp_path / "page.md").read_text()
+    assert "The test split was first read on 2026-12-06 (code commit abc)" in text
+    assert "on 2026-12-09 (code commit def) the study's claims changed" in text
+    unchanged = dataclasses.replace(META, rules={"first_test_read": first, "changes": []})
+    write_report(study_records(), CLAIMS, unchanged, tmp_path / "out", tmp_path / "page.md")
+    assert "None of them changed after that." in (tmp_path / "page.md").read_text()

@@ -9,31 +9,11 @@ import pytest
 
 from clinfo_ray.config import ConfigError
 from clinfo_ray.study.evaluate import trial_encoder_share
-from clinfo_ray.study.spec import STUDIES_DIR, load_study
+from clinfo_ray.study.spec import STUDIES_DIR
+from clinfo_ray.study.study_file import load_study
+from tests.study_data import STUDY_FILE as STUDY
 
 SHIPPED = sorted(STUDIES_DIR.glob("*.yaml"))
-
-STUDY = """\
-study:
-  name: small
-  config: quickstart
-  seeds: [0, 1]
-  probe: {{weight_decays: [0.0, 1.0e-3], epochs: [50]}}
-set:
-  optim.epochs: 20
-methods:
-  simclr: {{about: SimCLR, set: {{loss.method: simclr}}}}
-  tags: {{about: tags, set: {{loss.method: clinfonce, clusters.method: tags, optim.epochs: 30}}}}
-  supcon: {{set: {{loss.method: supcon}}}}
-claims:
-  - {{id: "1", text: tags beat simclr, kind: paired, better: [tags], worse: simclr,
-      reference: supcon}}
-  - {{id: "2", text: r, kind: correlation, methods: [tags, supcon]}}
-quick:
-  methods: [simclr, tags]
-  seeds: [0]
-  set: {{optim.epochs: 2, optim.warmup_epochs: 1}}
-{extra}"""
 
 
 def _write(tmp_path: Path, extra: str = "", text: str | None = None) -> Path:
@@ -75,7 +55,7 @@ def test_a_trial_config_is_base_then_study_then_method_then_seed_then_command_li
         for s in (0, 1)
     ]
     assert study.probe.settings() == [(0.0, 50), (1e-3, 50)]
-    assert [c.kind for c in study.claims] == ["paired", "correlation"]
+    assert [c.kind for c in study.claims] == ["paired", "description"]
 
 
 def test_quick_keeps_its_methods_seeds_and_claims_and_its_set_wins_over_the_methods(
@@ -128,6 +108,32 @@ BAD = {
         STUDY.replace("better: [tags], worse: simclr", "better: [tags, simclr], worse: simclr"),
         "claims.0",
         "among better",
+    ),
+    "correlation is no longer a claim kind": (
+        STUDY.replace("kind: description", "kind: correlation"),
+        "claims.1.kind",
+        "paired, series or description",
+    ),
+    "a series without its direction": (
+        STUDY.replace(
+            "kind: description, methods: [tags, supcon]",
+            "kind: series, methods: [simclr, tags, supcon], axis: mutual_information_bits",
+        ),
+        "claims.1.expect",
+        "rises or falls",
+    ),
+    "a series along no axis": (
+        STUDY.replace(
+            "kind: description, methods: [tags, supcon]",
+            "kind: series, methods: [simclr, tags, supcon], axis: accuracy, expect: rises",
+        ),
+        "claims.1",
+        "axis",
+    ),
+    "one fold": (
+        STUDY.replace("epochs: [50]", "epochs: [50], folds: 1"),
+        "study.probe.folds",
+        ">= 2",
     ),
     "negative weight decay": (
         STUDY.replace("[0.0, 1.0e-3]", "[-1.0]"),
@@ -207,3 +213,31 @@ def test_a_trials_evaluation_asks_for_no_more_than_its_workers_held() -> None:
     gpu = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, device="gpu"))
     settings, _ = trial_encoder_share(gpu)
     assert settings.num_actors == cfg.run.num_workers  # one actor per GPU the trial held
+
+
+def test_a_series_claim_loads_with_its_axis_and_direction(tmp_path: Path) -> None:
+    text = STUDY.replace(
+        "kind: description, methods: [tags, supcon]",
+        "kind: series, methods: [supcon, tags, simclr], axis: conditional_entropy_bits, "
+        "expect: falls",
+    )
+    claim = load_study(_write(tmp_path, text=text.format(extra=""))).claims[1]
+    assert (claim.kind, claim.axis, claim.expect) == ("series", "conditional_entropy_bits", -1)
+    assert claim.methods == ("supcon", "tags", "simclr")
+
+
+def test_the_rules_digest_moves_with_claims_probe_and_methods_only(tmp_path: Path) -> None:
+    base = load_study(_write(tmp_path)).rules()
+    assert set(base) == {"claims", "probe", "methods"}
+    assert load_study(_write(tmp_path)).rules() == base
+    changed = {
+        "claims": STUDY.replace("text: r,", "text: another,"),
+        "probe": STUDY.replace("epochs: [50]", "epochs: [50], folds: 5"),
+        "methods": STUDY.replace("optim.epochs: 30", "optim.epochs: 31"),
+    }
+    for part, text in changed.items():
+        rules = load_study(_write(tmp_path, text=text.format(extra=""))).rules()
+        assert [k for k in base if rules[k] != base[k]] == [part], part
+    # a note or the study's own set are not rules of the verdicts
+    notes = load_study(_write(tmp_path, extra="notes: [a note]")).rules()
+    assert notes == base

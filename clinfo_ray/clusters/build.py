@@ -17,17 +17,19 @@ from clinfo_ray.data import columns as C
 
 from .from_embeddings import Embeddings, align_embeddings, embedding_kmeans_clusters
 from .from_hierarchy import hierarchy_clusters
+from .from_labels import label_clusters
 from .from_tags import TagPresence, tag_presence, tags_kmeans_clusters, top_k_tag_clusters
 from .metadata import label_codes, read_metadata, train_mask
 from .statistics import UNLABELLED, cluster_statistics
-from .table import clusters_for, read_table, validate_table, with_singletons, write_table
+from .table import clusters_for, read_table, validate_table, write_table
 
 log = logging.getLogger(__name__)
 
 # Methods that cluster the embeddings of a trained checkpoint, computed by the caller
 # (commands/clusters.py runs the Ray Data inference pass); the others read metadata columns only.
 EMBEDDING_METHODS = ("kmeans",)
-# The statistics are always against the downstream label, over the train split.
+# The statistics are always against the downstream label, over the train split. C.LABEL stands
+# for the configured label column (data.label_column): read_metadata presents it under that name.
 STATS_COLUMNS = (C.ID, C.LABEL, C.SPLIT)
 
 
@@ -47,14 +49,20 @@ def metadata_columns(config: ClustersConfig) -> list[str]:
 
 
 def assign_clusters(
-    config: ClustersConfig, metadata: pa.Table, embeddings: Embeddings | None = None
+    config: ClustersConfig,
+    metadata: pa.Table,
+    embeddings: Embeddings | None = None,
+    *,
+    label_column: str = C.LABEL,
 ) -> tuple[np.ndarray, dict]:
     """(n,) int64 clusters 0..K-1 for the rows of `metadata`, and what the method chose.
 
     `config.method` says how (it must be set: a run resolves it with TrainConfig.run_clusters);
-    `metadata` holds the columns `metadata_columns(config)` names; `embeddings` (by image id)
-    are what the `kmeans` method clusters, and only it. Rows that carry nothing to group them by
-    (no label, no tag, too short an ancestor list) are singletons; the details count them.
+    `metadata` holds the columns `metadata_columns(config)` names, the label under C.LABEL
+    whichever dataset column it is (`label_column`, recorded by the `labels` method);
+    `embeddings` (by image id) are what the `kmeans` method clusters, and only it. Rows that
+    carry nothing to group them by (no label, no tag, too short an ancestor list) are
+    singletons; the details count them.
     """
     _require_method(config)
     if config.method in EMBEDDING_METHODS:
@@ -68,8 +76,7 @@ def assign_clusters(
     if config.method == "instance":
         return np.arange(metadata.num_rows, dtype=np.int64), {}
     if config.method == "labels":
-        unlabelled = int(metadata[C.LABEL].null_count)
-        return column_clusters(metadata[C.LABEL]), {"column": C.LABEL, "singleton_rows": unlabelled}
+        return labels_of(config, metadata, label_column)
     if config.method == "hierarchy":
         clusters, alone = hierarchy_clusters(metadata[C.HIERARCHY], config.hierarchy_level)
         details = {"column": C.HIERARCHY, "level": config.hierarchy_level, "singleton_rows": alone}
@@ -112,11 +119,23 @@ def kmeans_of_embeddings(
     return clusters, {**details, "embeddings": embeddings.source}
 
 
-def column_clusters(column: pa.ChunkedArray) -> np.ndarray:
-    """One cluster per distinct value of a column; a row whose value is null is its own
-    (singleton) cluster, since nothing says which other rows it belongs with."""
-    codes = label_codes(column)
-    return with_singletons(codes, codes == UNLABELLED)
+def labels_of(
+    config: ClustersConfig, metadata: pa.Table, label_column: str
+) -> tuple[np.ndarray, dict]:
+    """The `labels` method: one cluster per label, or each label split into
+    `config.label_split` parts, or the labels merged into `config.label_merge` groups, drawn
+    from `config.label_draw_seed` (clusters.from_labels). An unlabelled row is a singleton,
+    since nothing says which other rows it belongs with."""
+    codes = label_codes(metadata[C.LABEL])
+    clusters, drawn = label_clusters(
+        codes,
+        train_mask(metadata),
+        split=config.label_split,
+        merge=config.label_merge,
+        seed=config.label_draw_seed_value,
+    )
+    alone = int((codes == UNLABELLED).sum())
+    return clusters, {"column": label_column, **drawn, "singleton_rows": alone}
 
 
 def table_statistics(table: pa.Table, metadata: pa.Table) -> dict[str, Any]:
@@ -133,15 +152,19 @@ def build_clusters(
     data_dir: str | Path,
     out: str | Path,
     embeddings: Embeddings | None = None,
+    *,
+    label_column: str = C.LABEL,
 ) -> dict:
     """Write the assignment table to `out` and its statistics to FILE.stats.json; return them.
 
     Everything comes from `config` (`config.method` set, see `assign_clusters`); `embeddings`:
-    the image vectors the `kmeans` method clusters. The record keeps the config as a plain dict.
+    the image vectors the `kmeans` method clusters; `label_column` (data.label_column): the
+    downstream label, what the `labels` method groups by and the statistics are against. The
+    record keeps the config as a plain dict, and the label column.
     """
     _require_method(config)
-    metadata = read_metadata(data_dir, metadata_columns(config))
-    clusters, details = assign_clusters(config, metadata, embeddings)
+    metadata = read_metadata(data_dir, metadata_columns(config), label_column=label_column)
+    clusters, details = assign_clusters(config, metadata, embeddings, label_column=label_column)
     table = pa.table({C.ID: metadata[C.ID], C.CLUSTER: clusters})
     validate_table(table, metadata[C.ID])  # the dataset itself may break the contract
     write_table(out, metadata[C.ID], clusters)
@@ -149,6 +172,7 @@ def build_clusters(
         **table_statistics(table, metadata),
         "num_clusters_all_splits": int(clusters.max(initial=-1) + 1),
         "method": config.method,
+        "label_column": label_column,
         "details": details,
         "config": dataclasses.asdict(config),
         "data": str(data_dir),
@@ -157,9 +181,12 @@ def build_clusters(
     return record
 
 
-def statistics_of_table(table_path: str | Path, data_dir: str | Path) -> dict:
-    """Validate an existing table against a dataset and compute its statistics."""
-    metadata = read_metadata(data_dir, STATS_COLUMNS)
+def statistics_of_table(
+    table_path: str | Path, data_dir: str | Path, *, label_column: str = C.LABEL
+) -> dict:
+    """Validate an existing table against a dataset and compute its statistics against the
+    labels of `label_column` (data.label_column)."""
+    metadata = read_metadata(data_dir, STATS_COLUMNS, label_column=label_column)
     table = validate_table(read_table(table_path), metadata[C.ID])
     return table_statistics(table, metadata)
 

@@ -33,8 +33,17 @@ def parquet_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
-def read_metadata(data_dir: str | Path, columns: Sequence[str]) -> pa.Table:
-    """The named columns of every row of the dataset, in shard order."""
+def read_metadata(
+    data_dir: str | Path, columns: Sequence[str], *, label_column: str = C.LABEL
+) -> pa.Table:
+    """The named columns of every row of the dataset, in shard order. ``label_column``
+    (data.label_column) is read where ``columns`` names C.LABEL, and comes back under that
+    name: the readers of the downstream label need not know which column it is."""
+    wanted = list(columns)
+    swap = label_column != C.LABEL and C.LABEL in wanted
+    if swap and label_column in wanted:
+        raise ValueError(f"columns name both {C.LABEL!r} and {label_column!r}, which stands for it")
+    columns = [label_column if swap and c == C.LABEL else c for c in wanted]
     unknown = sorted(set(columns) - set(C.SCHEMA.names))
     files = parquet_files(data_dir)
     dataset = pads.dataset([str(path) for path in files], format="parquet")
@@ -42,7 +51,8 @@ def read_metadata(data_dir: str | Path, columns: Sequence[str]) -> pa.Table:
     if missing:
         hint = f" (the dataset format has no column {unknown[0]!r})" if unknown else ""
         raise KeyError(f"{data_dir}: the dataset has no column {missing[0]!r}{hint}")
-    return dataset.to_table(columns=list(columns))
+    table = dataset.to_table(columns=columns)
+    return table.rename_columns(wanted) if swap else table
 
 
 def train_mask(table: pa.Table) -> np.ndarray:

@@ -36,7 +36,7 @@ SUMMARY_KEYS = (
     "conditional_entropy_bits",
     "cluster_size",
 )
-_DATA_FLAGS = {"dataset_dir": "data"}  # --data DIR
+_DATA_FLAGS = {"dataset_dir": "data", "label_column": "label-column"}  # --data DIR, ...
 _EMBED_FLAGS = ("batch_size", "num_actors")  # of the kmeans method's inference pass
 
 
@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         if args.stats_only:
-            record = statistics_of_table(args.stats_only, cfg.data.dataset_dir)
+            record = statistics_of_table(
+                args.stats_only, cfg.data.dataset_dir, label_column=cfg.data.label_column
+            )
             print(json.dumps(record, indent=2))
             return 0
         if not args.out:
@@ -88,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
             if not args.checkpoint:
                 return fail("clusters", "--method kmeans needs --checkpoint DIR to embed with")
             embeddings = _checkpoint_embeddings(args.checkpoint, cfg, args.address)
-        record = build_clusters(clusters, cfg.data.dataset_dir, args.out, embeddings)
+        record = build_clusters(
+            clusters,
+            cfg.data.dataset_dir,
+            args.out,
+            embeddings,
+            label_column=cfg.data.label_column,
+        )
     except (ConfigError, ValueError, FileNotFoundError, ClusterTableError) as err:
         return fail("clusters", err)
     except KeyError as err:
@@ -117,7 +125,12 @@ def _checkpoint_embeddings(checkpoint: str, cfg: TrainConfig, address: str | Non
     parquet_files(cfg.data.dataset_dir)  # not a dataset: fail before Ray starts
     connect_ray(address)
     parts = extract_split_features(
-        checkpoint, cfg.data.dataset_dir, C.SPLITS, cfg.eval, output="projections"
+        checkpoint,
+        cfg.data.dataset_dir,
+        C.SPLITS,
+        cfg.eval,
+        output="projections",
+        label_column=cfg.data.label_column,
     )
     ids = np.concatenate([part.ids for part in parts.values()])
     vectors = np.concatenate([part.features for part in parts.values()])  # (n, P)

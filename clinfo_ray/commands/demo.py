@@ -4,7 +4,8 @@ Cl-InfoNCE on tag clusters (faiss k-means of TF-IDF bags of hashtags, K = 100) a
 with the study's setting (the multi-style emoji set, the small CNN, the budget its setting
 search chose on validation): prepares the dataset when missing (npm packages, cached), trains
 both on a local Ray with 2 Train workers, evaluates each once as the study does (the linear
-probe chosen on the validation split, then the test split; kNN beside it), and prints a table;
+probe's setting chosen by cross-validation on the fitting rows, then the validation and the test
+split scored once each; kNN beside it), and prints a table;
 the same rows go to ``runs/demo/summary.json``. Running it again resumes or reuses finished
 runs of the same names (``--fresh`` starts over). ``clinfo-ray demo`` (what ``make demo`` runs).
 """
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from clinfo_ray.commands.common import connect_ray, fail
     from clinfo_ray.commands.study import ensure_dataset
     from clinfo_ray.config import ConfigError, apply_overrides, parse_set_overrides
-    from clinfo_ray.study.spec import load_study
+    from clinfo_ray.study.study_file import load_study
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress lines
     try:
@@ -134,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(
         f"\n1 seed (seed {args.seed}) per method, evaluated as {study.name} evaluates a trial: "
-        "the linear probe's weight decay and epochs chosen on the validation emoji (held out of "
-        "the train split, never trained on), then the test emoji read once; kNN beside it. One "
+        "the linear probe's weight decay and epochs chosen by cross-validation on the training "
+        "emoji, then that one probe scores the validation emoji (held out of the train split, "
+        "never trained on) and the test emoji once each; kNN beside it. One "
         "run per method cannot test the paper's claims: the study over seeds and methods is "
         f"docs/results.md (clinfo-ray study --config {study.name})."
     )

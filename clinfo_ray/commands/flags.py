@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from clinfo_ray.config.sections import _Section, field_names, nested_section
+from clinfo_ray.config.section_base import _Section, field_names, nested_section
 
 _DEST = "config_flag__"  # argparse dest prefix of a generated flag; the rest is the dotted key
 

@@ -1,7 +1,8 @@
 """``clinfo-ray study --config NAME|FILE [--quick] [--report-only] [--out DIR] [--page FILE]``.
 
 Trains every (method, seed) of a study as a trial of a Ray Tune grid, evaluates each trained
-encoder once (the linear probe chosen on the validation split, then the test split), and writes
+encoder once (the linear probe's setting chosen by cross-validation on the fitting rows, then
+that one probe scoring the validation and the test split once each), and writes
 the raw results (``results.jsonl``, ``meta.json``), the statistics, plots and the results page.
 Running it again resumes the study; ``--report-only`` rewrites the page and plots from the raw
 results alone, without Ray. A bad study file fails in one line before Ray starts.
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from clinfo_ray.commands.common import fail
     from clinfo_ray.config import ConfigError, parse_set_overrides
-    from clinfo_ray.study.spec import load_study
+    from clinfo_ray.study.study_file import load_study
 
     try:
         study = load_study(args.config, parse_set_overrides(args.set), quick=args.quick)
@@ -101,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     if args.collect:
         wall = WallClock(study_dir(study)).total  # what the study's invocations have run
         return _report(study, out, page, args, wall_seconds=wall)
+    if args.out and not args.quick:  # trials published by an earlier session are not retrained
+        from clinfo_ray.study.run import adopt_published
+
+        taken = adopt_published(study, Path(args.out))
+        if taken:
+            print(f"{taken} trial(s) already published in {args.out}: not trained again")
     with WallClock(study_dir(study)) as clock:
         status = _train(study, args)
     if status != 0:
@@ -267,14 +274,16 @@ def _report(
     import json
 
     from clinfo_ray.commands.common import fail
-    from clinfo_ray.study.records import StudyMeta, read_records
+    from clinfo_ray.study.records import StudyMeta, read_meta, read_records
     from clinfo_ray.study.report import write_report
+    from clinfo_ray.study.rules import read_first_test_read, updated_rules
     from clinfo_ray.study.run import RESULTS_FILE, SETTINGS_FILE, study_dir, study_records
 
     results = out / RESULTS_FILE
     meta_path = out / META_FILE
     if wall_seconds is not None:  # a run that trained: (re)write OUT's raw files
         records = study_records(study, study_dir(study) / RESULTS_FILE)
+        before = read_meta(meta_path).rules if meta_path.is_file() else {}
         out.mkdir(parents=True, exist_ok=True)
         results.write_text("".join(r.to_json() + "\n" for r in records))
         meta = StudyMeta(
@@ -287,6 +296,7 @@ def _report(
             methods=tuple((m.name, m.about) for m in study.methods),
             notes=study.notes,
             planned_trials=len(study.grid()),
+            rules=updated_rules(before, read_first_test_read(study_dir(study)), study),
         )
         meta_path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
         if study.setting_search:  # the setting search's records, beside the study's
@@ -296,8 +306,13 @@ def _report(
         return fail("study", f"--report-only: {out} has no {RESULTS_FILE} and {META_FILE}")
     # what was measured comes from meta.json; the words (methods' descriptions, the notes, which
     # are written after the results are seen) from the study file as it is now
+    measured = StudyMeta.from_dict(json.loads(meta_path.read_text()))
+    rules = updated_rules(measured.rules, {}, study)
+    if rules != measured.rules:  # the rules changed since: the raw record says so, and when
+        measured = dataclasses.replace(measured, rules=rules)
+        meta_path.write_text(json.dumps(measured.to_dict(), indent=2, sort_keys=True) + "\n")
     meta = dataclasses.replace(
-        StudyMeta.from_dict(json.loads(meta_path.read_text())),
+        measured,
         methods=tuple((m.name, m.about) for m in study.methods),
         notes=study.notes,
     )

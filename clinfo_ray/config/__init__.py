@@ -18,9 +18,9 @@ from clinfo_ray.config.loading import (
     load_or_default,
     parse_set_overrides,
 )
+from clinfo_ray.config.section_base import ConfigError
 from clinfo_ray.config.sections import (
     ClustersConfig,
-    ConfigError,
     DataConfig,
     Device,
     EvalConfig,

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from clinfo_ray.config.sections import ConfigError
+from clinfo_ray.config.section_base import ConfigError
 from clinfo_ray.config.train_config import TrainConfig, _Root, set_leaf
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "configs"

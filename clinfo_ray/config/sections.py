@@ -1,17 +1,17 @@
 """The stage configs: one frozen dataclass per stage, each checked in ``__post_init__``.
 
-A bad value raises :class:`ConfigError` naming its dotted key (``model.backbone``) and the value.
-Values that follow from others are properties, never fields written later.
+A bad value raises :class:`~clinfo_ray.config.section_base.ConfigError` naming its dotted key
+(``model.backbone``) and the value. Values that follow from others are properties, never fields
+written later. The checks every section shares are in ``section_base.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
+
+from clinfo_ray.config.section_base import _Section
 
 BackboneName = Literal["small_cnn", "resnet18", "resnet50"]
 ClusterMethod = Literal["tags", "tags-kmeans", "hierarchy", "labels", "instance", "kmeans"]
@@ -26,128 +26,6 @@ SourceName = Literal["emoji", "imagefolder", "cub200", "ut-zappos50k", "fashion-
 DECODE_MULTIPLE = 2
 # Feature dimension of each backbone's pooled output (small_cnn: 8 x its width).
 _RESNET_FEATURE_DIM = {"resnet18": 512, "resnet50": 2048}
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names the dotted key (also ``.key``)."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _check_value(key: str, value: Any, tp: Any) -> Any:
-    """``value`` if it has type ``tp`` (ints widen to float, lists become tuples, a mapping
-    becomes the nested section it describes), else ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check_value(key, value, arg)
-            except ConfigError:
-                pass
-    elif origin is Literal:
-        if isinstance(value, str) and value in typing.get_args(tp):
-            return value
-    elif origin is tuple:  # tuple[str | int, ...]: a YAML list, or one comma-separated string
-        item = typing.get_args(tp)[0]
-        if isinstance(value, str):
-            value = [_item_of(part.strip(), item) for part in value.split(",") if part.strip()]
-        elif item is int and isinstance(value, int) and not isinstance(value, bool):
-            value = [value]  # --set loss.pcl_ks=50: YAML reads one number, not a list
-        if isinstance(value, list | tuple):
-            if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-                return tuple(value)
-    elif isinstance(tp, type) and issubclass(tp, _Section):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, Mapping):
-            return tp.from_mapping(value, "the config")
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r}", key=key)
-
-
-def _item_of(text: str, item: Any) -> Any:
-    """One part of a comma-separated list: an int when the list holds ints and it reads as one
-    (else the text, which the type check then refuses, naming the key)."""
-    if item is int:
-        try:
-            return int(text)
-        except ValueError:
-            return text
-    return text
-
-
-class _Section:
-    """Base of the stage dataclasses: generic type checks, then the section's own range checks.
-
-    ``SECTION`` is the dotted key of the section (``clusters``, ``clusters.kmeans``); a field
-    whose type is another section nests it (YAML: a mapping, ``--set``: a longer dotted key).
-    """
-
-    SECTION: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = _check_value(self._key(f.name), getattr(self, f.name), hints[f.name])
-            object.__setattr__(self, f.name, value)  # only normalises int -> float, list -> tuple
-        self._validate()
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], source: str = "config") -> Any:
-        """The section from a mapping of its fields; an unknown key fails, naming it."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError(
-                f"{cls.SECTION}: expected a mapping in {source}; got {raw!r}", key=cls.SECTION
-            )
-        known = field_names(cls)
-        for name in raw:
-            if name not in known:
-                key = f"{cls.SECTION}.{name}"
-                raise ConfigError(
-                    f"unknown key {key!r} in {source} (known: {', '.join(known)})", key=key
-                )
-        return cls(**raw)
-
-    def _key(self, name: str) -> str:
-        return f"{self.SECTION}.{name}"
-
-    def _require(self, ok: bool, name: str, rule: str) -> None:
-        if not ok:
-            key = self._key(name)
-            raise ConfigError(f"{key}: must be {rule}; got {getattr(self, name)!r}", key=key)
-
-    def _validate(self) -> None:
-        """Range checks of one section; overridden by each."""
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def nested_section(cls: type, name: str) -> type[_Section] | None:
-    """The section class of field ``name`` of ``cls`` when that field nests one, else None."""
-    tp = typing.get_type_hints(cls)[name]
-    return tp if isinstance(tp, type) and issubclass(tp, _Section) else None
 
 
 @dataclass(frozen=True)
@@ -186,6 +64,11 @@ class DataConfig(_Section):
     # a salted hash of the image id (clinfo_ray.data.splits.val_mask): the same rows whatever
     # run.seed or the number of workers. 0 means no validation split.
     val_fraction: float = 0.1
+    # The downstream label T: the column every reader of a label takes (the `labels` cluster
+    # method, so supcon; the cluster statistics; the online kNN; the frozen-feature
+    # evaluation), presented to them as `label`. Emoji: label = subcategory (99 classes),
+    # coarse_label = category (10).
+    label_column: Literal["label", "coarse_label"] = "label"
 
     def _validate(self) -> None:
         self._require(bool(self.dataset_dir), "dataset_dir", "a non-empty path")
@@ -257,6 +140,15 @@ class ClustersConfig(_Section):
     tfidf_max_dense_bytes: int = 1 << 30
     tfidf_projection_dim: int = 256
     kmeans: KMeansSettings = dataclasses.field(default_factory=KMeansSettings)
+    # labels: each label's rows dealt, in a seeded random order and round robin, into this
+    # many clusters (train and test rows separately): H(Z|T) = log2 m when every label's train
+    # count is a multiple of m, I(Z;T) = H(T). 1: off.
+    label_split: int = 1
+    # labels: the train split's distinct labels dealt, in a seeded random order and round
+    # robin, into this many clusters (labels only in test after them): H(Z|T) = 0,
+    # I(Z;T) = H(Z) (log2 K when balanced). 0: off.
+    label_merge: int = 0
+    label_draw_seed: int | None = None  # labels: seed of label_split/label_merge (None: run.seed)
 
     def _validate(self) -> None:
         self._require(self.k >= 2, "k", ">= 2")
@@ -270,6 +162,29 @@ class ClustersConfig(_Section):
         self._require(self.tfidf_projection_dim >= 1, "tfidf_projection_dim", ">= 1")
         both = sorted(set(self.tags_include) & set(self.tags_exclude))
         self._require(not both, "tags_exclude", f"disjoint from tags_include ({both[:1]} in both)")
+        self._require(self.label_split >= 1, "label_split", ">= 1 (1: off)")
+        self._require(self.label_merge == 0 or self.label_merge >= 2, "label_merge", "0 or >= 2")
+        both_on = f"0 while clusters.label_split is {self.label_split} (split or merge, not both)"
+        self._require(self.label_merge == 0 or self.label_split == 1, "label_merge", both_on)
+        if self.method not in (None, "labels") and self.label_keys_set:
+            rule = f"left out: it shapes `labels` clusters; clusters.method is {self.method!r}"
+            self._require(False, self.label_keys_set[0], rule)
+
+    @property
+    def label_keys_set(self) -> list[str]:
+        """The label_* keys given other values than their defaults."""
+        defaults = {"label_split": 1, "label_merge": 0, "label_draw_seed": None}
+        return [name for name, off in defaults.items() if getattr(self, name) != off]
+
+    @property
+    def draws_labels(self) -> bool:
+        """Whether the `labels` table is a seeded draw (label_split or label_merge on)."""
+        return self.label_split > 1 or self.label_merge > 0
+
+    @property
+    def label_draw_seed_value(self) -> int:
+        """The seed of the label draw: ``label_draw_seed``, or 0 where no run gave one."""
+        return 0 if self.label_draw_seed is None else self.label_draw_seed
 
 
 @dataclass(frozen=True)

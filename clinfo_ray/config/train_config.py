@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from clinfo_ray.config.section_base import ConfigError, _Section, field_names, nested_section
 from clinfo_ray.config.sections import (
     ClustersConfig,
-    ConfigError,
     DataConfig,
     EvalConfig,
     KMeansSettings,
@@ -25,9 +25,6 @@ from clinfo_ray.config.sections import (
     OptimConfig,
     PrepareConfig,
     RunConfig,
-    _Section,
-    field_names,
-    nested_section,
 )
 
 # Loss methods that fix their clusters (clusters.method may be left out or name the same).
@@ -156,6 +153,7 @@ class TrainConfig(_Root):
                 "loss.method clinfonce to train on those clusters)",
                 key="clusters.method",
             )
+        self._check_label_keys()
         if self.data.cache == "worker" and self.data.augment_on != "worker":
             raise ConfigError(
                 "data.augment_on: data.cache 'worker' keeps the images on the workers, so they "
@@ -186,6 +184,28 @@ class TrainConfig(_Root):
                 key="clusters.warmup_epochs",
             )
 
+    def _check_label_keys(self) -> None:
+        """clusters.label_* shape the table of the `labels` method: a run whose clusters come
+        from elsewhere, or supcon (it reads the stream's labels, never the table), would
+        ignore them."""
+        keys = self.clusters.label_keys_set
+        if not keys:
+            return
+        key = f"clusters.{keys[0]}"
+        if self.cluster_method != "labels":
+            raise ConfigError(
+                f"{key}: shapes `labels` clusters, but loss.method {self.loss.method!r} trains "
+                f"on {self.cluster_method} clusters here (set clusters.method labels, with "
+                "loss.method clinfonce or ce-clusters)",
+                key=key,
+            )
+        if self.loss.method == "supcon":
+            raise ConfigError(
+                f"{key}: loss.method 'supcon' trains on the labels as they are; for split or "
+                "merged labels use loss.method clinfonce with clusters.method labels",
+                key=key,
+            )
+
     @property
     def global_batch_size(self) -> int:
         """Images per optimizer step over all workers (each image gives data.views views)."""
@@ -205,15 +225,19 @@ class TrainConfig(_Root):
     @property
     def run_clusters(self) -> ClustersConfig:
         """The clusters section as the run uses it: the method resolved, the k-means seed
-        defaulted to run.seed (resolved here, not when loading: a later run.seed override
-        reaches it)."""
+        and, where labels are split or merged, their draw's seed defaulted to run.seed
+        (resolved here, not when loading: a later run.seed override reaches it)."""
         kmeans = self.clusters.kmeans
         if kmeans.seed is None:
             kmeans = dataclasses.replace(kmeans, seed=self.run.seed)
+        label_seed = self.clusters.label_draw_seed
+        if label_seed is None and self.clusters.draws_labels:
+            label_seed = self.run.seed
         return dataclasses.replace(
             self.clusters,
             method=self.cluster_method,  # type: ignore[arg-type]
             kmeans=kmeans,
+            label_draw_seed=label_seed,
         )
 
     @property

@@ -23,7 +23,7 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
-from clinfo_ray.evaluation.linear_probe import linear_probe
+from clinfo_ray.evaluation.linear_probe import train_probe
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,12 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Linear probe and kNN top-1 of a checkpoint's frozen encoder features; writes the results.
 
-    ``config`` defaults to the checkpoint's own; its ``data.dataset_dir`` is the dataset, its
-    ``eval`` section the settings (feature extraction: ``batch_size``, ``device``,
-    ``num_actors``; the probe: ``linear_*``, seeded by ``eval.seed`` else ``run.seed``; kNN:
-    ``knn_*``). The probe and kNN run on the driver (its GPU when it has one). Accuracies are
-    fractions of the labelled test rows; the dict also holds the row counts, timings, the eval
-    config and ``json_path``.
+    ``config`` defaults to the checkpoint's own; its ``data.dataset_dir`` is the dataset,
+    ``data.label_column`` the label, its ``eval`` section the settings (feature extraction:
+    ``batch_size``, ``device``, ``num_actors``; the probe: ``linear_*``, seeded by
+    ``eval.seed`` else ``run.seed``; kNN: ``knn_*``). The probe and kNN run on the driver (its
+    GPU when it has one). Accuracies are fractions of the labelled test rows; the dict also
+    holds the row counts, timings, the eval and label column and ``json_path``.
     """
     checkpoint_dir = Path(checkpoint_dir).resolve()
     state = read_checkpoint_state(checkpoint_dir)
@@ -77,17 +77,22 @@ def evaluate_checkpoint(
     eval_cfg = config.eval
     data_dir = Path(config.data.dataset_dir)
     started = time.perf_counter()
-    splits = extract_split_features(checkpoint_dir, data_dir, C.SPLITS, eval_cfg)
+    splits = extract_split_features(
+        checkpoint_dir, data_dir, C.SPLITS, eval_cfg, label_column=config.data.label_column
+    )
     (train_x, train_y, _), (test_x, test_y, _) = splits[C.TRAIN], splits[C.TEST]
     features_s = time.perf_counter() - started
     log.info("features: train %s, test %s (%.1f s)", train_x.shape, test_x.shape, features_s)
-    probe = linear_probe(train_x, train_y, test_x, test_y, eval_cfg, seed=config.eval_seed)
+    trained = train_probe(train_x, train_y, eval_cfg, seed=config.eval_seed)
+    probe = {**trained.score(test_x, test_y, "test"), "seconds": trained.seconds}
+    probe.update(train_top1=trained.train_top1, num_classes=trained.num_classes)
     started = time.perf_counter()
     knn = knn_top1(train_x, train_y, test_x, test_y, eval_cfg.knn_k, eval_cfg.knn_temperature)
     knn_s = time.perf_counter() - started
     result = {
         "checkpoint": str(checkpoint_dir),
         "data_dir": str(data_dir),
+        "label_column": config.data.label_column,
         "epoch": state.epoch,
         "step": state.step,
         "method": config.loss.method,

@@ -2,6 +2,9 @@
 
     Parquet (id, image, label) -> DecodeImages (CPU tasks) -> EncodeImages (actor pool) -> driver
 
+The label is the column ``label_column`` names (data.label_column: ``label`` or
+``coarse_label``), handed on as ``label`` whichever it is.
+
 Images are decoded at the checkpoint's ``data.image_size`` (shorter side resized, centre
 square: the same decode the training stream uses, without any augmentation), scaled to [0, 1]
 as training feeds them, and passed through the encoder only (``model.encode``: before the
@@ -48,18 +51,20 @@ MODEL_FILE = "model.pt"  # the weights file of a checkpoint directory (clinfo_ra
 class DecodeImages:
     """Ray Data transform: encoded images -> (id, label, split, image_u8 (B, 3, S, S) uint8).
 
-    Rows that fail to decode are dropped (and logged); a missing label becomes -1.
+    ``label`` is the input's column ``label_column``. Rows that fail to decode are dropped (and
+    logged); a missing label becomes -1.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, label_column: str = C.LABEL) -> None:
+        self.size, self.label_column = size, label_column
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         images, ok, reasons = decode_batch(batch.column(C.IMAGE).to_pylist(), self.size)
         ids = np.asarray(batch.column(C.ID).to_pylist(), dtype=object)
         if not ok.all():
             log.warning("dropped %d undecodable image(s), e.g. %s", (~ok).sum(), reasons[0])
-        labels = batch.column(C.LABEL).combine_chunks().fill_null(-1).to_numpy(zero_copy_only=False)
+        labels = batch.column(self.label_column).combine_chunks().fill_null(-1)
+        labels = labels.to_numpy(zero_copy_only=False)
         split = np.asarray(batch.column(C.SPLIT).to_pylist(), dtype=object)
         return {
             C.ID: ids[ok],
@@ -135,10 +140,12 @@ def extract_split_features(
     *,
     cpus_per_actor: float = 1.0,
     output: str = "features",
+    label_column: str = C.LABEL,
 ) -> dict[str, SplitFeatures]:
     """Encoder features of every decodable image of ``splits``, in one pass over Ray Data (the
     actors load the model once for all splits). ``output="projections"``: the L2-normalised
-    projection-head output instead. From ``settings``: ``batch_size`` images per encoder call,
+    projection-head output instead. The labels are the column ``label_column`` names
+    (``cfg.data.label_column``). From ``settings``: ``batch_size`` images per encoder call,
     ``device`` of the actors, ``num_actors`` (default :func:`default_num_actors`; on GPUs one
     GPU each). Needs a running Ray."""
     _check_output(output)
@@ -149,8 +156,9 @@ def extract_split_features(
     files = [f for split in splits for f in split_files(data_dir, split)]
     num_actors = settings.num_actors or default_num_actors(use_gpu)
     batch_size = settings.batch_size
-    ds = ray.data.read_parquet(files).select_columns([C.ID, C.IMAGE, C.LABEL, C.SPLIT])
-    ds = ds.map_batches(DecodeImages(size), batch_size=batch_size, batch_format="pyarrow")
+    ds = ray.data.read_parquet(files).select_columns([C.ID, C.IMAGE, label_column, C.SPLIT])
+    decode = DecodeImages(size, label_column)
+    ds = ds.map_batches(decode, batch_size=batch_size, batch_format="pyarrow")
     ds = ds.map_batches(
         EncodeImages,
         fn_constructor_kwargs={

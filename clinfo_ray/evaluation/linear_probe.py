@@ -1,15 +1,20 @@
-"""The linear probe: a linear classifier trained on frozen features, scored on the test split.
+"""The linear probe: a linear classifier trained on frozen features, then scored on other rows.
 
 The protocol of the paper (and SimCLR / MoCo v3): the encoder is frozen, features are
-standardised with the train split's per-dimension mean and std, and one ``nn.Linear`` is trained
-with minibatch SGD (momentum 0.9, Nesterov, weight decay on the weights only) under a cosine
-learning-rate schedule for ``EvalConfig.linear_epochs`` epochs. Reported: top-1 and top-5 on the
-test split (top-5 becomes top-C when there are C < 5 classes) and top-1 on the train split.
+standardised with the training rows' per-dimension mean and std, and one ``nn.Linear`` is
+trained with minibatch SGD (momentum 0.9, Nesterov, weight decay on the weights only) under a
+cosine learning-rate schedule for ``EvalConfig.linear_epochs`` epochs.
 
-Rows with a negative label ("no label", -1) are left out of both splits. Runs on the GPU when
-one is there; the whole feature matrix sits on the device and minibatches are index slices, so
-an epoch costs a few matrix products. Deterministic for a given ``seed`` on a given device.
-Pure torch; no Ray.
+:func:`train_probe` returns a :class:`Probe`; :meth:`Probe.score` scores any labelled rows with
+it (top-1, and top-5, which becomes top-C when there are C < 5 classes), so the one classifier
+that was validated is the one that scores the test split. Its classes are 0..C-1 with C = 1 +
+the largest label of the *training* rows: what it is trained on alone decides its shape, its
+initial weights and its shuffles. A scored row whose label is C or more (a class the training
+rows never showed) counts as a miss.
+
+Rows with a negative label ("no label", -1) are left out, of training and of scoring. The whole
+feature matrix sits on the device and minibatches are index slices, so an epoch costs a few
+matrix products. Deterministic for a given ``seed`` on a given device. Pure torch; no Ray.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,10 +50,12 @@ def _labelled(x: np.ndarray, y: np.ndarray, name: str) -> tuple[torch.Tensor, to
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]) -> list[float]:
-    """Fraction of rows whose label is among the k largest logits, for each k (capped at C)."""
+    """Fraction of rows whose label is among the k largest logits, for each k (capped at C);
+    a label outside 0..C-1 is never among them. Exact: whole hit counts over the row count."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (n, kmax)
     hit = top == labels[:, None]  # (n, kmax)
-    return [hit[:, : min(k, logits.shape[1])].any(dim=1).float().mean().item() for k in ks]
+    cap = logits.shape[1]
+    return [int(hit[:, : min(k, cap)].any(dim=1).sum().item()) / len(labels) for k in ks]
 
 
 # Multiply-adds of one step's forward pass below which the CPU probe runs on one thread. Steps
@@ -67,6 +74,50 @@ def _cpu_threads(device: torch.device, work: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A trained probe: the training rows' standardisation and the classifier, on ``device``.
+
+    mean, std: (D,) float32; weight: (C, D) float32; bias: (C,) float32. ``train_top1`` and
+    ``train_loss`` (the last epoch's mean cross-entropy) are of the labelled training rows.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    train_top1: float
+    train_loss: float
+    train_rows: int
+    seconds: float
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, C) logits of raw (unstandardised) features x (n, D) on the probe's device."""
+        return F.linear((x - self.mean) / self.std, self.weight, self.bias)
+
+    def score(self, x: np.ndarray, y: np.ndarray, name: str = "scored") -> dict[str, float | int]:
+        """{"top1", "top5" (fractions), "rows"} over the labelled rows of x (n, D), y (n,) int
+        (-1 = not scored); a label >= ``num_classes`` is a miss. ``name`` labels errors."""
+        xs, ys = _labelled(x, y, name)
+        if xs.shape[1] != self.weight.shape[1]:
+            raise ValueError(
+                f"{name} features have {xs.shape[1]} dims, the probe's {self.weight.shape[1]}"
+            )
+        work = xs.shape[0] * xs.shape[1] * self.num_classes
+        with _cpu_threads(self.device, work), torch.no_grad():
+            logits = self.logits(xs.to(self.device))  # (n, C)
+            top1, top5 = topk_accuracy(logits, ys.to(self.device), (1, 5))
+        return {"top1": top1, "top5": top5, "rows": len(ys)}
 
 
 def _train(
@@ -109,51 +160,38 @@ def _train(
     return classifier, epoch_loss
 
 
-def linear_probe(
+def train_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
     cfg: EvalConfig,
     seed: int = 0,
     *,
     device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Train a linear classifier on (train_x, train_y), score it on (test_x, test_y).
-
-    train_x: (n_train, D) float; train_y: (n_train,) int, -1 = unlabelled (dropped); likewise
-    the test split. Classes are 0..C-1 with C = 1 + the largest label of either split.
-    ``device``: default CUDA when available, else CPU.
-
-    Returns {"top1", "top5" (fractions on the test split), "train_top1", "train_loss" (the last
-    epoch's mean cross-entropy), "num_classes", "train_rows", "test_rows", "seconds"}.
-    """
+) -> Probe:
+    """Train a linear classifier on (train_x (n, D) float, train_y (n,) int, -1 = unlabelled:
+    dropped) with ``cfg.linear_*``; C = 1 + the largest training label. ``device``: where it
+    trains and scores; None: CUDA when this process sees it, else the CPU."""
     started = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    xtr, ytr = _labelled(train_x, train_y, "train")
-    xte, yte = _labelled(test_x, test_y, "test")
-    if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(f"train features have {xtr.shape[1]} dims, test {xte.shape[1]}")
-    num_classes = int(max(ytr.max().item(), yte.max().item())) + 1
-    mean = xtr.mean(dim=0)
-    std = xtr.std(dim=0).clamp_min(1e-6)  # constant dimensions stay finite (and zero)
-    xtr, xte = ((xtr - mean) / std).to(dev), ((xte - mean) / std).to(dev)
-    ytr, yte = ytr.to(dev), yte.to(dev)
-    work = min(cfg.linear_batch_size, len(ytr)) * xtr.shape[1] * num_classes
+    x, y = _labelled(train_x, train_y, "train")
+    num_classes = int(y.max().item()) + 1
+    mean = x.mean(dim=0)
+    std = x.std(dim=0).clamp_min(1e-6)  # constant dimensions stay finite (and zero)
+    x, y = ((x - mean) / std).to(dev), y.to(dev)
+    work = min(cfg.linear_batch_size, len(y)) * x.shape[1] * num_classes
     with _cpu_threads(dev, work):
-        classifier, train_loss = _train(xtr, ytr, num_classes, cfg, seed)
+        classifier, train_loss = _train(x, y, num_classes, cfg, seed)
         with torch.no_grad():
-            top1, top5 = topk_accuracy(classifier(xte), yte, (1, 5))
-            (train_top1,) = topk_accuracy(classifier(xtr), ytr, (1,))
-    result = {
-        "top1": top1,
-        "top5": top5,
-        "train_top1": train_top1,
-        "train_loss": train_loss,
-        "num_classes": num_classes,
-        "train_rows": len(ytr),
-        "test_rows": len(yte),
-        "seconds": time.perf_counter() - started,
-    }
-    log.info("linear probe: top-1 %.4f top-5 %.4f (%.1f s)", top1, top5, result["seconds"])
-    return result
+            (train_top1,) = topk_accuracy(classifier(x), y, (1,))
+    probe = Probe(
+        mean=mean.to(dev),
+        std=std.to(dev),
+        weight=classifier.weight.detach(),
+        bias=classifier.bias.detach(),
+        train_top1=train_top1,
+        train_loss=train_loss,
+        train_rows=len(y),
+        seconds=time.perf_counter() - started,
+    )
+    log.debug("linear probe: train top-1 %.4f (%.1f s)", train_top1, probe.seconds)
+    return probe

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 RESULTS_FILE = "results.jsonl"
 META_FILE = "meta.json"
+# The evaluation protocol. 1: the probe setting chosen by the validation score it reports (that
+# score the best of the grid), the claim's seeds and the test probe's size per comparison.
+# 2 (issue 19): the probe setting chosen by cross-validation on the fitting rows, one probe
+# scoring validation and test; one set of seeds per claim. A page never mixes protocols.
+PROTOCOL = 2
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,9 @@ class TrialRecord:
     """One trained encoder of the study, evaluated once.
 
     val: {"knn_top1", "linear_top1"} on the validation split. test: {"knn_top1", "linear_top1",
-    "linear_top5"}, None for a run never evaluated on test (the setting search). probe: the
-    linear probe chosen on val, {"weight_decay", "epochs", "train_top1"}. clusters: the
+    "linear_top5"}, None for a run never evaluated on test (the setting search); protocol 2:
+    both scored once by the one probe whose setting cross-validation on the fitting rows chose.
+    probe: that probe, {"weight_decay", "epochs", "train_top1", "cv_top1", "folds"}. clusters: the
     clusters the run trained with, {"num_clusters", "mutual_information_bits",
     "conditional_entropy_bits"}, None for SimCLR (every image its own cluster).
     """
@@ -43,6 +49,8 @@ class TrialRecord:
     eval_seconds: float
     trial_id: str = ""
     setting: str = ""  # the setting's name in the setting search; "" in the study proper
+    # the evaluation protocol it ran under (PROTOCOL today; records without the key: 1)
+    protocol: int = PROTOCOL
 
     def to_json(self) -> str:
         """One line of JSON, keys sorted; floats as Python writes them (``repr``, which reads
@@ -70,6 +78,7 @@ class TrialRecord:
             eval_seconds=float(data["eval_seconds"]),
             trial_id=str(data.get("trial_id", "")),
             setting=str(data.get("setting", "")),
+            protocol=int(data.get("protocol", 1)),
         )
 
 
@@ -116,24 +125,34 @@ def append_record(path: Path, record: TrialRecord) -> None:
         os.fsync(handle.fileno())
 
 
+CLAIM_KINDS = ("paired", "series", "description")
+# what a series moves, and the record key (TrialRecord.clusters) that measures it
+SERIES_AXES = ("mutual_information_bits", "conditional_entropy_bits")
+
+
 @dataclass(frozen=True)
 class ClaimSpec:
     """One claim of the paper, as the study tests it.
 
-    paired: the best of ``better`` (highest mean *validation* metric over seeds) against
-    ``worse``, seed by seed on the test metric; with ``reference`` (the supervised method) also
-    the gap closure (better - worse) / (reference - worse). correlation: over ``methods``, the
-    methods' mean test metric against their mean I(Z;T) (expected to rise) and H(Z|T)
-    (expected to fall).
+    paired: the best of ``better`` (highest mean *validation* metric) against ``worse``, seed
+    by seed on the test metric; with ``reference`` (the supervised method) also the gap
+    closure (better - worse) / (reference - worse). series: ``methods`` are cluster sets that
+    move one quantity (``axis``, a key of the records' ``clusters``) with the other held
+    fixed; per seed, the least-squares slope of the test metric on that quantity across the
+    methods; the claim expects its sign to be ``expect`` (+1: rises, -1: falls). description:
+    ``methods``' mean test metric beside their I(Z;T) and H(Z|T), correlations shown, no
+    verdict (a set of methods chosen by hand is not a sample that can decide a claim).
     """
 
     id: str
     text: str
-    kind: Literal["paired", "correlation"]
+    kind: Literal["paired", "series", "description"]
     better: tuple[str, ...] = ()
     worse: str = ""
     reference: str = ""
     methods: tuple[str, ...] = ()
+    axis: str = ""
+    expect: int = 0
 
     def __post_init__(self) -> None:
         if self.kind == "paired":
@@ -141,14 +160,33 @@ class ClaimSpec:
                 raise ValueError(f"claim {self.id}: a paired claim needs better and worse")
             if self.worse in self.better:
                 raise ValueError(f"claim {self.id}: worse {self.worse!r} is among better")
-        elif self.kind == "correlation":
-            if len(self.methods) < 2:
+        elif self.kind in ("series", "description"):
+            least = 2 if self.kind == "description" else 3
+            if len(self.methods) < least:
                 raise ValueError(
-                    f"claim {self.id}: a correlation needs at least 2 methods, "
+                    f"claim {self.id}: a {self.kind} needs at least {least} methods, "
                     f"got {list(self.methods)}"
                 )
+            bad_axis = self.axis not in SERIES_AXES or self.expect not in (1, -1)
+            if self.kind == "series" and bad_axis:
+                raise ValueError(
+                    f"claim {self.id}: a series needs axis in {SERIES_AXES} and expect +1 or -1, "
+                    f"got {self.axis!r}, {self.expect!r}"
+                )
         else:
-            raise ValueError(f"claim {self.id}: kind must be paired or correlation: {self.kind!r}")
+            raise ValueError(f"claim {self.id}: kind must be one of {CLAIM_KINDS}: {self.kind!r}")
+
+    @property
+    def named(self) -> tuple[str, ...]:
+        """Every method the claim names, each once."""
+        found = (*self.better, self.worse, self.reference, *self.methods)
+        return tuple(dict.fromkeys(m for m in found if m))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The claim as plain data (its rules' digest is computed from this)."""
+        data = asdict(self)
+        data["better"], data["methods"] = list(self.better), list(self.methods)
+        return data
 
 
 @dataclass(frozen=True)
@@ -164,6 +202,10 @@ class StudyMeta:
     methods: tuple[tuple[str, str], ...] = ()  # (method, one-line description), display order
     notes: tuple[str, ...] = ()  # paragraphs printed verbatim
     planned_trials: int = 0  # the study's grid; more than the records: it is still running
+    # {"first_test_read": {"date", "commit", "digests"}, "changes": [{"date", "commit",
+    # "changed", "digests"}, ...]}: when the test split was first read under which rules
+    # (spec.Study.rules), and every later change of them ({} until a test split is read)
+    rules: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.wall_seconds) or self.wall_seconds < 0:
@@ -191,6 +233,7 @@ class StudyMeta:
             methods=methods,
             notes=tuple(str(n) for n in data.get("notes", ())),
             planned_trials=int(data.get("planned_trials", 0)),
+            rules=dict(data.get("rules", {})),
         )
 
 

@@ -78,6 +78,7 @@ def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
     from ray import tune
 
     from clinfo_ray.study.evaluate import cluster_information, evaluate_trial
+    from clinfo_ray.study.rules import record_first_test_read
     from clinfo_ray.training.launch import train
     from clinfo_ray.tuning.trainable import ReportToTune, quiet_ray_data
     from clinfo_ray.tuning.trial import with_shared_clusters
@@ -95,6 +96,8 @@ def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
     if outcome.checkpoint is None:
         raise RuntimeError(f"{cfg.run.name}: the run left no checkpoint to evaluate")
     train_seconds = _train_seconds(run_dir)
+    if plan.study.evaluate_test:  # the first trial to get here is the study's first test read
+        record_first_test_read(Path(plan.folder), plan.study)
     scores = evaluate_trial(
         cfg, outcome.checkpoint, plan.study.probe, evaluate_test=plan.study.evaluate_test
     )
@@ -192,6 +195,42 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
             ),
         )
     return tuner.fit()
+
+
+def adopt_published(study: Study, out: Path) -> int:
+    """Take the trials already published in ``out`` (a committed results.jsonl, e.g. from an
+    earlier session whose run folder is gone) into the study's folder as evaluated: each
+    (setting, method, seed) of the grid recorded there under today's protocol and not yet in
+    the folder gets its record appended and its trial's record file, so the grid does not
+    train it again. The first test read and the wall time come along. How many were taken."""
+    from clinfo_ray.study.records import META_FILE, PROTOCOL, read_meta
+    from clinfo_ray.study.rules import RULES_FILE
+
+    folder = study_dir(study)
+    published = study_records(study, out / RESULTS_FILE)
+    have = {(r.setting, r.method, r.seed) for r in read_records(folder / RESULTS_FILE)}
+    taken = 0
+    for record in published:
+        key = (record.setting, record.method, record.seed)
+        if record.protocol != PROTOCOL or key in have:
+            continue
+        run_dir = folder / TRIALS_DIR / trial_name(record.method, record.seed, record.setting)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RECORD_FILE).write_text(
+            json.dumps({"record": json.loads(record.to_json()), "adopted_from": str(out)}) + "\n"
+        )
+        append_record(folder / RESULTS_FILE, record)
+        taken += 1
+    meta_path = out / META_FILE
+    if taken and meta_path.is_file():
+        meta = read_meta(meta_path)
+        first = meta.rules.get("first_test_read")
+        if first and not (folder / RULES_FILE).is_file():
+            (folder / RULES_FILE).write_text(json.dumps(first, indent=2, sort_keys=True) + "\n")
+        wall = folder / "wall_seconds.json"
+        if not wall.is_file():
+            wall.write_text(json.dumps({"seconds": meta.wall_seconds}) + "\n")
+    return taken
 
 
 def study_records(study: Study, results: Path) -> list[TrialRecord]:

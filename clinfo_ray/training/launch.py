@@ -10,10 +10,10 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,10 +26,18 @@ from clinfo_ray.data.splits import val_mask
 from clinfo_ray.devices import ray_uses_gpu
 
 if TYPE_CHECKING:  # these import ray: only where a run starts
-    from clinfo_ray.data.read.stream import DropCounter
+    from clinfo_ray.data.read.drop_counter import DropCounter
     from clinfo_ray.training.worker import LoopInputs
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class PreparesWorkers(Protocol):
+    """A run callback that also has every worker do something before its loop (a Tune trial's
+    report callback: tell the run's guard which placement group the workers hold)."""
+
+    def before_train_loop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,10 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
     which starts from instance clusters and builds its own tables in the loop)."""
     if cfg.is_iterative_clustering:
         return None, None
+    label_column = cfg.data.label_column
     if cfg.clusters.table_path:
         return cfg.clusters.table_path, statistics_of_table(
-            cfg.clusters.table_path, cfg.data.dataset_dir
+            cfg.clusters.table_path, cfg.data.dataset_dir, label_column=label_column
         )
     clusters = cfg.run_clusters  # the method and the k-means seed resolved
     path = run_dir / "clusters" / f"{clusters.method}.parquet"
@@ -145,7 +154,9 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
     if path.is_file() and stats_file.is_file():  # a resumed run keeps the clusters it had
         return str(path), json.loads(stats_file.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path), build_clusters(clusters, cfg.data.dataset_dir, path)
+    return str(path), build_clusters(
+        clusters, cfg.data.dataset_dir, path, label_column=label_column
+    )
 
 
 def build_inputs(
@@ -174,12 +185,18 @@ def build_inputs(
         seed=cfg.run.seed,
         drops=drops,
         cache=d.cache == "object_store",
+        label_column=d.label_column,
     )
     datasets: dict[str, Any] = {}
     if d.cache == "worker":  # read once, whole and in file order, by every worker
         datasets["train"] = train.dataset()
     if cfg.eval.knn_every > 0 or cfg.is_iterative_clustering:
-        plain = StreamPlan.build(d.dataset_dir, augmentation=None, decode_size=d.image_size)
+        plain = StreamPlan.build(
+            d.dataset_dir,
+            augmentation=None,
+            decode_size=d.image_size,
+            label_column=d.label_column,
+        )
         everything = plain.dataset()
         datasets[EMBED_TRAIN] = everything.materialize() if d.cache != "none" else everything
     inputs = LoopInputs(
@@ -198,8 +215,9 @@ def build_inputs(
 def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Run (or resume: same run.name and output_dir) one training run on the connected Ray
     (a local one is started when none is). ``callbacks``: extra Ray Train callbacks of the run
-    (a Tune trial's report to Tune)."""
-    from clinfo_ray.data.read.stream import DropCounter
+    (a Tune trial's report to Tune); those that are :class:`PreparesWorkers` also run on every
+    worker before its loop."""
+    from clinfo_ray.data.read.drop_counter import DropCounter
 
     steps_per_epoch = check_before_ray(cfg)
     # workers do not run in the driver's working directory
@@ -228,8 +246,9 @@ def _fit(
     run_dir = Path(inputs.run_dir)
     gpu = cfg.run.device == "gpu"
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if gpu else {})}
+    setups = tuple(c.before_train_loop for c in callbacks if isinstance(c, PreparesWorkers))
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        functools.partial(_loop_after, setups) if setups else train_loop_per_worker,
         train_loop_config={LOOP_INPUTS: inputs},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=gpu, resources_per_worker=resources
@@ -248,3 +267,12 @@ def _fit(
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
     return TrainOutcome(run_dir, checkpoint, dict(result.metrics or {}), inputs.table_stats)
+
+
+def _loop_after(setups: Sequence[Callable[[], None]], loop_config: dict[str, Any]) -> None:
+    """A worker's loop, after the callbacks' ``before_train_loop``."""
+    from clinfo_ray.training.worker import train_loop_per_worker
+
+    for setup in setups:
+        setup()
+    train_loop_per_worker(loop_config)

@@ -24,7 +24,8 @@ from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
 from clinfo_ray.clusters.assignment import clusters_by_index
 from clinfo_ray.config import TrainConfig
 from clinfo_ray.data.read.augment import ViewAugmentation
-from clinfo_ray.data.read.stream import DROPPED_METRIC, INDEX, DropCounter, StreamPlan
+from clinfo_ray.data.read.drop_counter import DROPPED_METRIC, DropCounter
+from clinfo_ray.data.read.stream import INDEX, StreamPlan
 from clinfo_ray.data.read.worker_cache import InMemorySplit
 from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, world_size
 from clinfo_ray.evaluation.knn import knn_top1

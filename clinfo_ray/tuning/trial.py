@@ -62,14 +62,21 @@ class TrialPlan:
 
 
 def cluster_table_key(cfg: TrainConfig) -> str:
-    """A digest of what decides a run's starting table: its clusters config (method and k-means
-    seed resolved) and the dataset (folder and manifest contents)."""
+    """A digest of what decides a run's starting table and its statistics: its clusters config
+    (method and k-means seed resolved), the dataset (folder and manifest contents) and the
+    downstream label column."""
     clusters = dataclasses.asdict(cfg.run_clusters)
     clusters.pop("table_path", None)
     folder = Path(cfg.data.dataset_dir).resolve()
     manifest = hashlib.sha256((folder / C.MANIFEST).read_bytes()).hexdigest()
     text = json.dumps(
-        {"clusters": clusters, "dataset": str(folder), "manifest": manifest}, sort_keys=True
+        {
+            "clusters": clusters,
+            "dataset": str(folder),
+            "manifest": manifest,
+            "label_column": cfg.data.label_column,  # the statistics beside the table use it
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -97,7 +104,12 @@ def shared_cluster_table(cfg: TrainConfig, cache_dir: Path) -> Path | None:
     with _locked(cache_dir / f"{key}.lock"):
         if not (table.is_file() and stats_path(table).is_file()):
             partial = cache_dir / f"{key}.{os.getpid()}.partial.parquet"
-            build_clusters(cfg.run_clusters, cfg.data.dataset_dir, partial)
+            build_clusters(
+                cfg.run_clusters,
+                cfg.data.dataset_dir,
+                partial,
+                label_column=cfg.data.label_column,
+            )
             os.replace(stats_path(partial), stats_path(table))
             os.replace(partial, table)  # the table last: a table present is a table complete
     return table

@@ -62,6 +62,7 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import sorted_ids, split_files
 from clinfo_ray.data.read.augment import ViewAugmentation
 from clinfo_ray.data.read.decode import decode_batch
+from clinfo_ray.data.read.drop_counter import DropCounter
 from clinfo_ray.data.read.parquet_pieces import PIECE, list_pieces, read_pieces
 from clinfo_ray.data.seeding import (
     BATCH_BUFFER,
@@ -75,66 +76,9 @@ from clinfo_ray.data.seeding import (
 log = logging.getLogger(__name__)
 
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
-DROPPED_METRIC = "data/dropped_images"
-READ_COLUMNS = (C.ID, C.IMAGE, C.LABEL)
 PIECE_ROWS = 32  # rows per piece: smaller mixes more, at more row-group reads per task
 TASK_ROWS = 256  # rows per Ray Data task
 SHUFFLE_BUFFER_BATCHES = 4  # the worker's local shuffle buffer, in batches
-
-
-@ray.remote(num_cpus=0)
-class _DropCounterActor:
-    def __init__(self) -> None:
-        self.total = 0
-        self.examples: list[tuple[str, str]] = []
-
-    def add(self, examples: list[tuple[str, str]]) -> None:
-        self.total += len(examples)
-        self.examples = (self.examples + examples)[-100:]
-
-    def count(self) -> int:
-        return self.total
-
-    def recent(self) -> list[tuple[str, str]]:
-        return list(self.examples)
-
-
-class DropCounter:
-    """How many images failed to decode in the stream (all epochs, all tasks): a Ray actor.
-
-    Picklable: pass it to Train workers in ``train_loop_config`` and report ``count()`` as
-    ``DROPPED_METRIC``.
-    """
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    @classmethod
-    def create(cls) -> DropCounter:
-        # on the driver's node: a worker node lost mid-run must not take the count with it
-        # (the run resumes on other nodes; the driver's node going means the run is over)
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        return cls(
-            _DropCounterActor.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
-        )
-
-    def add(self, examples: list[tuple[str, str]]) -> None:
-        # Waits for the actor: a fire-and-forget call may still be in flight when the task that
-        # made it has finished and the epoch's count is read. Drops are rare; the wait is too.
-        ray.get(self._handle.add.remote(examples))
-
-    def count(self) -> int:
-        return int(ray.get(self._handle.count.remote()))
-
-    def recent(self) -> list[tuple[str, str]]:
-        """The last (up to 100) dropped images as (id, reason)."""
-        return list(ray.get(self._handle.recent.remote()))
-
-    def close(self) -> None:
-        """End the actor (its counts are gone after this)."""
-        ray.kill(self._handle)
 
 
 class DecodeViews:
@@ -143,7 +87,8 @@ class DecodeViews:
     ``ids``: the split's ids, sorted (``manifest.sorted_ids``): a row's ``index`` is the
     position of its id there. ``keep``: (n,) bool by ``index``, the rows that stay (None: all);
     the others are filtered before decoding. Rows that fail to decode are dropped and reported
-    to ``drops``. The output carries the rows' piece numbers when the input has them.
+    to ``drops``. ``label``: the input's column ``label_column`` (data.label_column). The output
+    carries the rows' piece numbers when the input has them.
     """
 
     def __init__(
@@ -153,10 +98,17 @@ class DecodeViews:
         decode_size: int,
         drops: DropCounter | None,
         keep: np.ndarray | None = None,
+        label_column: str = C.LABEL,
     ) -> None:
         if keep is not None and keep.shape != (len(ids),):
             raise ValueError(f"keep has shape {keep.shape}; the split has {len(ids)} rows")
         self.ids, self.decode_size, self.keep, self.drops = ids, decode_size, keep, drops
+        self.label_column = label_column
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The Parquet columns it reads."""
+        return (C.ID, C.IMAGE, self.label_column)
 
     def index_of(self, batch_ids: pa.Array) -> np.ndarray:
         """(n,) int64 ``index`` of each id of ``batch_ids``."""
@@ -181,7 +133,8 @@ class DecodeViews:
             )
             if self.drops is not None:
                 self.drops.add(list(zip(bad, reasons, strict=True)))
-        label = batch.column(C.LABEL).combine_chunks().fill_null(-1).to_numpy(zero_copy_only=False)
+        label = batch.column(self.label_column).combine_chunks().fill_null(-1)
+        label = label.to_numpy(zero_copy_only=False)
         out = {INDEX: index[ok], C.LABEL: label.astype(np.int64)[ok]}
         if PIECE in batch.column_names:
             out[PIECE] = batch.column(PIECE).to_numpy()[ok]
@@ -223,7 +176,7 @@ class PieceViews(_EpochTransform):
         self.decode = decode
 
     def __call__(self, pieces: pa.Table) -> dict[str, np.ndarray]:
-        rows = self.decode(read_pieces(pieces, READ_COLUMNS))
+        rows = self.decode(read_pieces(pieces, self.decode.columns))
         return self.finish(rows, int(pieces.column(PIECE)[0].as_py()))
 
 
@@ -248,7 +201,7 @@ class CachedViews(_EpochTransform):
 @ray.remote
 def _decode_pieces(pieces: pa.Table, decode: DecodeViews) -> list[dict[str, np.ndarray]]:
     """Decode a few pieces once (file order); one result per piece, for the object store."""
-    rows = decode(read_pieces(pieces, READ_COLUMNS))
+    rows = decode(read_pieces(pieces, decode.columns))
     piece_of_row = rows[PIECE]
     out = [{k: v[piece_of_row == p] for k, v in rows.items()} for p in pieces[PIECE].to_pylist()]
     return out if len(out) > 1 else out[0]  # type: ignore[return-value]  # num_returns=1
@@ -286,13 +239,15 @@ class StreamPlan:
         cache: bool = False,
         piece_rows: int = PIECE_ROWS,
         task_rows: int = TASK_ROWS,
+        label_column: str = C.LABEL,
     ) -> StreamPlan:
         """The plan of one split. ``augmentation``: the views, made in Ray Data's tasks; None
         hands out decoded images (``augment_on="worker"``, reading a split for evaluation).
         ``decode_size``: the side images are decoded to before the random crop (default:
         ``augmentation.size``). ``keep``: (n,) bool by index, the rows streamed (None: all).
         ``cache``: decode every piece once now (Ray tasks) and keep the uint8 rows in the
-        object store (N·3·decode_size² bytes)."""
+        object store (N·3·decode_size² bytes). ``label_column``: the column the batches'
+        ``label`` comes from (data.label_column)."""
         size = decode_size or (augmentation.size if augmentation is not None else None)
         if size is None:
             raise ValueError("decode_size is needed when there is no augmentation")
@@ -300,7 +255,13 @@ class StreamPlan:
         piece_rows = min(piece_rows, task_rows)
         pieces = list_pieces(files, piece_rows)
         pieces = pieces.append_column(PIECE, pa.array(np.arange(pieces.num_rows), pa.int64()))
-        decode = DecodeViews(ids=sorted_ids(files), decode_size=size, drops=drops, keep=keep)
+        decode = DecodeViews(
+            ids=sorted_ids(files),
+            decode_size=size,
+            drops=drops,
+            keep=keep,
+            label_column=label_column,
+        )
         plan = cls(pieces, decode, augmentation, seed, task_rows // piece_rows)
         if not cache:
             return plan

@@ -1,27 +1,21 @@
-"""The study's statistics, in plain Python (no scipy): seed-paired differences with Student-t
-intervals, a choice among candidates made on validation only, the gap closure, and Pearson
-correlations with Fisher-z intervals.
+"""Interval math in plain Python (no scipy): Student's t, seed-paired differences with their
+intervals, a slope per seed, Pearson correlations with Fisher-z intervals and a two-predictor
+least-squares fit. The claims' rules (which seeds, which candidate, which verdict) are in
+:mod:`clinfo_ray.study.claims`; this module only computes.
 
 Choices, each stated once here:
 
-* the unit of replication is the seed: two methods are compared on the seeds both have, one
-  difference per seed, and the 95% interval is mean ± t(0.975, n-1)·sd/√n;
 * the sample sd uses n - 1; for one value it is ``None`` (undefined, never 0 or NaN);
-* a claim is "supported" when its interval lies wholly on the paper's side of 0, "not
-  supported" when wholly on the other side, else "inconclusive at this budget";
-* when a claim names several candidates for the better side, the one with the highest mean
-  *validation* metric stands for it; the test split is never looked at to choose;
-* the correlation claim is tested over method means (one point a method), r with a Fisher-z
-  interval, which needs at least 4 methods.
+* a 95% interval over n paired values is mean ± t(0.975, n-1)·sd/√n;
+* an interval "supports" an effect when it lies wholly on the expected side of 0, "does not
+  support" it when wholly on the other side, else it is "inconclusive at this budget".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-
-from clinfo_ray.study.records import ClaimSpec, TrialRecord
+from dataclasses import dataclass
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -187,51 +181,6 @@ def verdict(interval: tuple[float, float]) -> str:
     return INCONCLUSIVE
 
 
-def values_by_seed(
-    records: Iterable[TrialRecord], method: str, split: str, metric: str
-) -> dict[int, float]:
-    """seed -> ``split`` ("val" or "test") ``metric`` of ``method``'s records. ValueError when
-    the method has no record, a seed appears twice, or a record lacks the split or metric."""
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be val or test, got {split!r}")
-    found: dict[int, float] = {}
-    for record in records:
-        if record.method != method:
-            continue
-        scores = record.val if split == "val" else record.test
-        if scores is None or metric not in scores:
-            raise ValueError(f"{method} seed {record.seed}: no {split} {metric}")
-        if record.seed in found:
-            raise ValueError(f"{method}: seed {record.seed} recorded twice")
-        found[record.seed] = scores[metric]
-    if not found:
-        raise ValueError(f"no records of method {method!r}")
-    return found
-
-
-def choose_on_validation(
-    records: Sequence[TrialRecord], candidates: Sequence[str], metric: str
-) -> str:
-    """The candidate with the highest mean over seeds of val[metric] (a tie: the first
-    listed). The test split is never read."""
-    means = validation_means(records, candidates, metric)
-    return max(candidates, key=lambda c: (means[c], -candidates.index(c)))
-
-
-def validation_means(
-    records: Sequence[TrialRecord], candidates: Sequence[str], metric: str
-) -> dict[str, float]:
-    return {c: mean_sd(values_by_seed(records, c, "val", metric).values())[0] for c in candidates}
-
-
-def gap_closure(better: float, worse: float, reference: float) -> float | None:
-    """(better - worse) / (reference - worse): the share of the reference's lead that the
-    better method recovers. None when the reference does not beat the worse method."""
-    if reference - worse <= 0:
-        return None
-    return (better - worse) / (reference - worse)
-
-
 @dataclass(frozen=True)
 class Correlation:
     """Pearson r over n points with its 95% Fisher-z interval (None below 4 points)."""
@@ -331,137 +280,12 @@ def directed_verdict(interval: tuple[float, float] | None, sign: int) -> str:
     return verdict((low, high) if sign > 0 else (-high, -low))
 
 
-@dataclass(frozen=True)
-class ClaimResult:
-    """A claim's outcome. paired: ``chosen`` (the candidate val chose, by ``val_means``),
-    ``difference`` chosen - worse on the test metric and ``knn_difference`` on test kNN top-1,
-    ``test_means`` of the methods compared, ``reference_lead`` reference - worse seed by seed
-    (None: no reference, or fewer than 2 seeds shared),
-    ``gap`` the gap closure (None: no reference, or its lead over worse is not supported by its
-    own interval: a ratio over a lead within the seeds' noise means nothing). correlation: r of
-    the methods' mean test metric with their mean I(Z;T) and H(Z|T), one verdict each, and
-    ``points`` (method, mean I, mean H, mean metric).
-    ``error``: why the claim could not be evaluated (verdict NOT_EVALUATED)."""
-
-    spec: ClaimSpec
-    verdict: str
-    chosen: str = ""
-    val_means: dict[str, float] = field(default_factory=dict)
-    test_means: dict[str, float] = field(default_factory=dict)
-    difference: PairedDifference | None = None
-    knn_difference: PairedDifference | None = None
-    reference_lead: PairedDifference | None = None
-    gap: float | None = None
-    mutual_information: Correlation | None = None
-    conditional_entropy: Correlation | None = None
-    mutual_information_verdict: str = ""
-    conditional_entropy_verdict: str = ""
-    points: tuple[tuple[str, float, float, float], ...] = ()
-    joint: JointFit | None = None
-    error: str = ""
-
-
-def evaluate_claims(
-    records: Sequence[TrialRecord], claims: Sequence[ClaimSpec], metric: str
-) -> list[ClaimResult]:
-    """One result a claim, in order. A claim the records cannot answer (a method or seed
-    missing, too few points) gets NOT_EVALUATED and the reason, and the others go on."""
-    results = []
-    for claim in claims:
-        try:
-            if claim.kind == "paired":
-                results.append(_paired_claim(records, claim, metric))
-            else:
-                results.append(_correlation_claim(records, claim, metric))
-        except ValueError as error:
-            results.append(ClaimResult(claim, NOT_EVALUATED, error=str(error)))
-    return results
-
-
-def _paired_claim(records: Sequence[TrialRecord], claim: ClaimSpec, metric: str) -> ClaimResult:
-    val_means = validation_means(records, claim.better, metric)
-    chosen = choose_on_validation(records, claim.better, metric)
-    chosen_test = values_by_seed(records, chosen, "test", metric)
-    worse_test = values_by_seed(records, claim.worse, "test", metric)
-    difference = paired_difference(chosen_test, worse_test)
-    try:
-        knn = paired_difference(
-            values_by_seed(records, chosen, "test", "knn_top1"),
-            values_by_seed(records, claim.worse, "test", "knn_top1"),
-        )
-    except ValueError:
-        knn = None  # shown beside the claim, never decides it
-    seeds = set(difference.seeds)
-    by_method = {chosen: chosen_test, claim.worse: worse_test}
-    if claim.reference:
-        by_method[claim.reference] = values_by_seed(records, claim.reference, "test", metric)
-        seeds &= by_method[claim.reference].keys()
-        if not seeds:
-            raise ValueError(f"claim {claim.id}: no seed has all of {sorted(by_method)}")
-    # the means on the seeds every compared method has, so the gap closure compares like with like
-    test_means = {m: mean_sd(v[s] for s in sorted(seeds))[0] for m, v in by_method.items()}
-    gap = lead = None
-    if claim.reference:
-        try:
-            lead = paired_difference(by_method[claim.reference], worse_test)
-        except ValueError:
-            lead = None  # fewer than 2 seeds shared: no interval, so no gap closure either
-        if lead is not None and verdict(lead.interval) == SUPPORTED:
-            gap = gap_closure(
-                test_means[chosen], test_means[claim.worse], test_means[claim.reference]
-            )
-    return ClaimResult(
-        claim,
-        verdict(difference.interval),
-        chosen=chosen,
-        val_means=val_means,
-        test_means=test_means,
-        difference=difference,
-        knn_difference=knn,
-        reference_lead=lead,
-        gap=gap,
-    )
-
-
-def _correlation_claim(
-    records: Sequence[TrialRecord], claim: ClaimSpec, metric: str
-) -> ClaimResult:
-    points = []
-    for method in claim.methods:
-        mine = [r for r in records if r.method == method]
-        accuracy = mean_sd(values_by_seed(records, method, "test", metric).values())[0]
-        keys = ("mutual_information_bits", "conditional_entropy_bits")
-        without = sorted(
-            r.seed for r in mine if r.clusters is None or not set(keys) <= r.clusters.keys()
-        )
-        if without:
-            raise ValueError(f"{method}: no cluster statistics for seeds {without}")
-        information, leftover = (
-            mean_sd(r.clusters[key] for r in mine if r.clusters is not None)[0] for key in keys
-        )
-        points.append((method, information, leftover, accuracy))
-    accuracies = [p[3] for p in points]
-    mi = correlation([p[1] for p in points], accuracies)
-    ce = correlation([p[2] for p in points], accuracies)
-    mi_verdict = directed_verdict(mi.interval, +1)
-    ce_verdict = directed_verdict(ce.interval, -1)
-    if NOT_SUPPORTED in (mi_verdict, ce_verdict):
-        overall = NOT_SUPPORTED
-    elif mi_verdict == ce_verdict == SUPPORTED:
-        overall = SUPPORTED
-    else:
-        overall = INCONCLUSIVE
-    try:  # shown beside the correlations, never decides the claim (its verdict is theirs)
-        joint = joint_fit([p[1] for p in points], [p[2] for p in points], accuracies)
-    except ValueError:
-        joint = None
-    return ClaimResult(
-        claim,
-        overall,
-        joint=joint,
-        mutual_information=mi,
-        conditional_entropy=ce,
-        mutual_information_verdict=mi_verdict,
-        conditional_entropy_verdict=ce_verdict,
-        points=tuple(points),
-    )
+def least_squares_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """The slope of the least-squares line of y on x (at least 2 points, x not constant)."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"a slope needs at least 2 paired points, got {len(x)} and {len(y)}")
+    mx, my = math.fsum(x) / len(x), math.fsum(y) / len(y)
+    sxx = math.fsum((a - mx) ** 2 for a in x)
+    if sxx == 0:
+        raise ValueError("a slope against a constant variable is undefined")
+    return math.fsum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx

@@ -1,4 +1,4 @@
-"""The study's statistics against hand-computed cases and closed forms (no scipy to compare to).
+"""The study's interval math against hand-computed cases and closed forms (no scipy to compare to).
 
 Student's t is checked against its closed-form quantiles (df 1, 2, 4), its closed-form CDF for
 integer degrees of freedom (Abramowitz & Stegun 26.7.3-4), and printed tables.
@@ -11,24 +11,19 @@ import math
 import numpy as np
 import pytest
 
-from clinfo_ray.study.records import ClaimSpec, TrialRecord
-from clinfo_ray.study.stats import (
+from clinfo_ray.study.intervals import (
     INCONCLUSIVE,
-    NOT_EVALUATED,
     NOT_SUPPORTED,
     SUPPORTED,
-    choose_on_validation,
     correlation,
     directed_verdict,
-    evaluate_claims,
-    gap_closure,
     joint_fit,
+    least_squares_slope,
     mean_sd,
     paired_difference,
     regularized_incomplete_beta,
     student_t_cdf,
     student_t_quantile,
-    values_by_seed,
     verdict,
 )
 
@@ -169,70 +164,6 @@ def test_verdict_boundaries() -> None:
     assert directed_verdict(None, +1) == INCONCLUSIVE
 
 
-def record(
-    method: str,
-    seed: int,
-    val: float,
-    test: float | None,
-    knn: float = 0.0,
-    clusters: tuple[float, float] | None = None,
-) -> TrialRecord:
-    return TrialRecord(
-        method=method,
-        seed=seed,
-        loss_method="cl_infonce",
-        cluster_method="tags",
-        val={"linear_top1": val, "knn_top1": val - 0.1},
-        test=None if test is None else {"linear_top1": test, "knn_top1": knn, "linear_top5": 0.9},
-        probe={"weight_decay": 1e-4, "epochs": 50, "train_top1": 0.9},
-        clusters=None
-        if clusters is None
-        else {
-            "num_clusters": 10,
-            "mutual_information_bits": clusters[0],
-            "conditional_entropy_bits": clusters[1],
-        },
-        epochs=10,
-        train_seconds=1.0,
-        eval_seconds=1.0,
-    )
-
-
-def test_choice_is_made_on_validation_not_test() -> None:
-    records = [
-        # "a": best on validation (mean 0.71), worse on test
-        *(record("a", s, v, t) for s, v, t in [(0, 0.70, 0.60), (1, 0.72, 0.61)]),
-        # "b": best on test, mean val 0.69
-        *(record("b", s, v, t) for s, v, t in [(0, 0.68, 0.80), (1, 0.70, 0.82)]),
-    ]
-    assert choose_on_validation(records, ["b", "a"], "linear_top1") == "a"
-    # the test split is never needed to choose
-    no_test = [record(r.method, r.seed, r.val["linear_top1"], None) for r in records]
-    assert choose_on_validation(no_test, ["b", "a"], "linear_top1") == "a"
-
-
-def test_choice_tie_goes_to_the_first_listed() -> None:
-    records = [record("a", 0, 0.5, None), record("b", 0, 0.5, None)]
-    assert choose_on_validation(records, ["b", "a"], "linear_top1") == "b"
-    assert choose_on_validation(records, ["a", "b"], "linear_top1") == "a"
-    with pytest.raises(ValueError, match="no records of method 'c'"):
-        choose_on_validation(records, ["a", "c"], "linear_top1")
-
-
-def test_values_by_seed_refuses_a_seed_twice() -> None:
-    with pytest.raises(ValueError, match="seed 0 recorded twice"):
-        values_by_seed([record("a", 0, 0.5, 0.5), record("a", 0, 0.6, 0.6)], "a", "val", "knn_top1")
-    with pytest.raises(ValueError, match="no test linear_top1"):
-        values_by_seed([record("a", 0, 0.5, None)], "a", "test", "linear_top1")
-
-
-def test_gap_closure() -> None:
-    assert gap_closure(0.62, 0.52, 0.72) == pytest.approx(0.5)
-    assert gap_closure(0.80, 0.52, 0.72) == pytest.approx(1.4)  # past the reference: > 1
-    assert gap_closure(0.62, 0.52, 0.52) is None
-    assert gap_closure(0.62, 0.52, 0.50) is None
-
-
 def test_correlation_by_hand() -> None:
     # dx = (-1.5, -0.5, 0.5, 1.5), dy = (-3, -1, 0, 4): Sxy = 11, Sxx = 5, Syy = 26
     c = correlation([1, 2, 3, 4], [2, 4, 5, 9])
@@ -251,67 +182,14 @@ def test_correlation_by_hand() -> None:
         correlation([1, 2], [1, 2])
 
 
-def _study() -> list[TrialRecord]:
-    seeds = (0, 1, 2)
-    rows: list[TrialRecord] = []
-    # method: val, test and kNN offsets per seed; clusters (I(Z;T), H(Z|T))
-    table = {
-        "simclr": (0.50, [0.50, 0.52, 0.54], None),
-        "tags-a": (0.62, [0.60, 0.61, 0.65], (1.0, 3.0)),  # val-best of the tags
-        "tags-b": (0.60, [0.70, 0.70, 0.70], (2.0, 2.0)),  # test-best of the tags
-        "kmeans": (0.55, [0.53, 0.49, 0.57], (0.5, 4.0)),
-        "supcon": (0.80, [0.70, 0.72, 0.74], (3.0, 0.0)),
-    }
-    for method, (val, tests, clusters) in table.items():
-        for seed, test in zip(seeds, tests, strict=True):
-            rows.append(record(method, seed, val + 0.01 * seed, test, test - 0.05, clusters))
-    return rows
-
-
-def test_evaluate_claims_paired_and_correlation() -> None:
-    claims = [
-        ClaimSpec("1", "tags beat SimCLR", "paired", ("tags-a", "tags-b"), "simclr", "supcon"),
-        ClaimSpec("2", "k-means beats SimCLR", "paired", ("kmeans",), "simclr"),
-        ClaimSpec("3", "a missing method", "paired", ("nope",), "simclr"),
-        ClaimSpec(
-            "4", "I up, H down", "correlation", methods=("tags-a", "tags-b", "kmeans", "supcon")
-        ),
-    ]
-    noisy = ClaimSpec(
-        "5", "tags, against a noisy reference", "paired", ("tags-a",), "simclr", "kmeans"
-    )
-    one, two, three, four, five = evaluate_claims(_study(), [*claims, noisy], "linear_top1")
-    assert one.chosen == "tags-a"  # val 0.63 > 0.61, though tags-b is better on test
-    assert one.val_means == pytest.approx({"tags-a": 0.63, "tags-b": 0.61})
-    assert one.difference is not None and one.difference.mean == pytest.approx(0.10)
-    assert one.verdict == SUPPORTED
-    assert one.gap == pytest.approx((0.62 - 0.52) / (0.72 - 0.52))
-    assert one.knn_difference is not None and one.knn_difference.mean == pytest.approx(0.10)
-    assert one.reference_lead is not None and one.reference_lead.mean == pytest.approx(0.20)
-    assert two.verdict == INCONCLUSIVE  # differences +0.03, -0.03, +0.03
-    assert two.gap is None and two.reference_lead is None
-    # kmeans leads simclr by +0.01 on the means, but seed by seed +0.03, -0.03, +0.03: the ratio
-    # (0.62 - 0.52) / (0.53 - 0.52) = 10 would divide by noise, so there is none
-    assert five.reference_lead is not None and five.reference_lead.mean == pytest.approx(0.01)
-    assert verdict(five.reference_lead.interval) == INCONCLUSIVE and five.gap is None
-    assert three.verdict == NOT_EVALUATED and "nope" in three.error
-    # the points are method means: accuracy (0.62, 0.70, 0.53, 0.72)
-    mi = correlation([1.0, 2.0, 0.5, 3.0], [0.62, 0.70, 0.53, 0.72])
-    ce = correlation([3.0, 2.0, 4.0, 0.0], [0.62, 0.70, 0.53, 0.72])
-    assert four.mutual_information is not None and four.conditional_entropy is not None
-    assert four.mutual_information.r == pytest.approx(mi.r) and mi.r > 0
-    assert four.conditional_entropy.r == pytest.approx(ce.r) and ce.r < 0
-    assert four.mutual_information.interval == pytest.approx(mi.interval)
-    assert [p[0] for p in four.points] == ["tags-a", "tags-b", "kmeans", "supcon"]
-    assert four.mutual_information_verdict == directed_verdict(mi.interval, +1)
-    assert four.conditional_entropy_verdict == directed_verdict(ce.interval, -1)
-
-
-def test_correlation_claim_needs_cluster_statistics() -> None:
-    claim = ClaimSpec("4", "I up", "correlation", methods=("simclr", "tags-a", "kmeans"))
-    (result,) = evaluate_claims(_study(), [claim], "linear_top1")
-    assert result.verdict == NOT_EVALUATED
-    assert "simclr: no cluster statistics for seeds [0, 1, 2]" in result.error
+def test_least_squares_slope_by_hand() -> None:
+    # dx = (-1.5, -0.5, 0.5, 1.5), dy = (-3, -1, 0, 4): Sxy = 11, Sxx = 5
+    assert least_squares_slope([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / 5)
+    assert least_squares_slope([0, 1], [3, 1]) == pytest.approx(-2.0)
+    with pytest.raises(ValueError, match="constant"):
+        least_squares_slope([2, 2, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="at least 2"):
+        least_squares_slope([1], [1])
 
 
 def test_joint_fit_recovers_exact_slopes_and_matches_least_squares() -> None:

@@ -1,0 +1,90 @@
+"""A mechanical record of a study's rules: when its test split was first read, under which
+claims, probe grid and methods (their SHA-256 digests, :meth:`Study.rules`) and at which code
+commit; and every later change of them, with its date and commit.
+
+The first trial to read the test split writes ``rules.json`` in the study's folder (created
+exclusively: trials running side by side cannot both write it). Each time the raw results are
+published (``meta.json``), the record is carried over and, when the study's rules no longer
+match the last recorded ones, a change is appended. The page lists the changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from clinfo_ray.study.spec import Study
+
+RULES_FILE = "rules.json"
+_REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def code_commit() -> str:
+    """The checkout's commit (12 hex digits), ``-dirty`` when it has uncommitted changes to
+    tracked files; ``unknown`` outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(_REPO), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def stamp(study: Study) -> dict[str, Any]:
+    """Today's date, the code commit and the study's rule digests."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "commit": code_commit(),
+        "digests": study.rules(),
+    }
+
+
+def record_first_test_read(folder: Path, study: Study) -> None:
+    """Write ``folder/rules.json`` unless it exists: called just before a trial reads the test
+    split, so the first call is the first read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder / RULES_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(stamp(study), indent=2, sort_keys=True) + "\n")
+
+
+def read_first_test_read(folder: Path) -> dict[str, Any]:
+    path = folder / RULES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def updated_rules(
+    recorded: dict[str, Any], first_read: dict[str, Any], study: Study
+) -> dict[str, Any]:
+    """meta.json's ``rules`` brought up to date: ``recorded`` (what meta.json held), the first
+    read (from the study's folder when meta.json has none), and a change appended when the
+    study's rules differ from the last recorded digests. {} while no test split was read."""
+    first = recorded.get("first_test_read") or first_read
+    if not first:
+        return {}
+    changes = list(recorded.get("changes", []))
+    last = (changes[-1] if changes else first)["digests"]
+    now = study.rules()
+    changed = [name for name in now if now[name] != last.get(name)]
+    if changed:
+        changes.append({**stamp(study), "changed": changed})
+    return {"first_test_read": first, "changes": changes}
