@@ -16,6 +16,7 @@ from clinfo_ray.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Tr
 from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.linear_probe import train_probe
 from clinfo_ray.evaluation.probe_selection import best_setting, cross_validate, probe_folds
+from clinfo_ray.evaluation.retrieval import retrieval_metrics
 from clinfo_ray.model import build_model
 from clinfo_ray.study.evaluate import (
     PROBE_MAX_CPUS,
@@ -136,6 +137,10 @@ def test_the_reported_val_score_is_the_chosen_probes_score_on_val() -> None:
     again = train_probe(*fit, setting, seed=7, device="cpu")  # an independent call
     assert again.score(*val)["top1"] == result["val"]["linear_top1"]
     assert again.train_top1 == chosen["train_top1"]
+    found = retrieval_metrics(*fit, *val, (1, 5, 10))  # retrieval beside it, bank: fit
+    assert {k: result["val"][k] for k in ("recall_at_1", "recall_at_5", "map_at_r")} == {
+        k: found[k] for k in ("recall_at_1", "recall_at_5", "map_at_r")
+    }
 
 
 def test_the_probe_task_asks_for_the_trials_own_share() -> None:

@@ -307,3 +307,16 @@ def test_the_rules_section_lists_each_change_after_the_first_test_read(tmp_path:
     unchanged = dataclasses.replace(META, rules={"first_test_read": first, "changes": []})
     write_report(study_records(), CLAIMS, unchanged, tmp_path / "out", tmp_path / "page.md")
     assert "None of them changed after that." in (tmp_path / "page.md").read_text()
+
+
+def test_the_methods_table_shows_test_map_at_r_when_the_records_have_it(tmp_path: Path) -> None:
+    records = [
+        dataclasses.replace(r, test={**(r.test or {}), "map_at_r": 0.25 + 0.01 * r.seed})
+        for r in study_records()
+    ]
+    write_report(records, CLAIMS, META, tmp_path / "out", tmp_path / "page.md")
+    text = (tmp_path / "page.md").read_text()
+    assert "| method | seeds | test linear top-1 | test kNN top-1 | test mAP@R |" in text
+    assert "| simclr | 3 | 0.520 ± 0.020 | 0.470 ± 0.020 | 0.260 |" in text
+    write_report(study_records(), CLAIMS, META, tmp_path / "out", tmp_path / "old.md")
+    assert "mAP@R" not in (tmp_path / "old.md").read_text()

@@ -5,10 +5,10 @@ choose nothing: the linear probe's setting (weight decay x epochs, the study's g
 by k-fold cross-validation on the other train rows, the fitting rows, grouped as the validation
 split is (:mod:`clinfo_ray.evaluation.probe_selection`). One probe with that setting, trained
 on all the fitting rows, then scores the validation rows once and, when the study evaluates the
-test split, the test rows once: the same classifier for both. kNN top-1 (bank: the fitting
-rows) is reported beside it. The clusters the run trained with are described by their
-information about the labels: I(Z;T) and H(Z|T) in bits, from the run's starting table or its
-last k-means version.
+test split, the test rows once: the same classifier for both. kNN top-1 and retrieval by label
+(recall@k, mAP@R; bank: the fitting rows) are reported beside it. The clusters the run trained
+with are described by their information about the labels: I(Z;T) and H(Z|T) in bits, from the
+run's starting table or its last k-means version.
 
 Resources: the features are computed over Ray Data within what the trial's Train workers held
 (:func:`trial_encoder_share`); the probe and kNN then run in one Ray task with resources of
@@ -37,12 +37,14 @@ from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import Probe, train_probe
 from clinfo_ray.evaluation.probe_selection import best_setting, cross_validate, probe_folds
+from clinfo_ray.evaluation.retrieval import retrieval_metrics
 from clinfo_ray.study.spec import ProbeGrid
 
 log = logging.getLogger(__name__)
 
 CLUSTER_KEYS = ("num_clusters", "mutual_information_bits", "conditional_entropy_bits")
 Labelled = tuple[np.ndarray, np.ndarray]  # features (n, D) float32, labels (n,) int64
+RETRIEVAL_KS = (1, 5, 10)  # recall@k of each scored split, beside mAP@R
 
 # A Train worker on GPUs holds one whole GPU (clinfo_ray/training/launch.py): the probe's share.
 GPU_PER_WORKER = 1.0
@@ -98,8 +100,9 @@ def probe_and_knn(
 ) -> tuple[dict[str, Any], Probe]:
     """The probe chosen by cross-validation of ``grid``'s settings on ``fit`` over ``folds``
     ((n_fit,) int in 0..grid.folds-1) and trained on all of ``fit``, then each ``scored`` set's
-    linear top-1/top-5 and kNN top-1 (bank: ``fit``). Returns the scores (the ``scored`` sets
-    by name, ``probe``, ``probe_grid``, ``device``) and the probe. ``gpu``: torch on CUDA, and
+    linear top-1/top-5, kNN top-1 and retrieval by label (recall@1/5/10, mAP@R; bank: ``fit``).
+    Returns the scores (the ``scored`` sets by name, ``probe``, ``probe_grid``, ``device``) and
+    the probe. ``gpu``: torch on CUDA, and
     faiss on a GPU when faiss sees one; else both on the CPU."""
     device = "cuda" if gpu else "cpu"
     knn_device: Device = "gpu" if gpu and faiss_gpu_count() > 0 else "cpu"
@@ -126,6 +129,9 @@ def probe_and_knn(
         knn = knn_top1(*fit, x, y, k, t, device=knn_device)
         result[name] = {"linear_top1": linear["top1"], "linear_top5": linear["top5"]}
         result[name]["knn_top1"] = knn
+        # retrieval by label against the same bank: shown beside the scores, deciding nothing
+        found = retrieval_metrics(*fit, x, y, RETRIEVAL_KS, device=knn_device)
+        result[name].update({key: v for key, v in found.items() if key != "queries"})
     return result, probe
 
 

@@ -180,6 +180,7 @@ _METHOD_COLUMNS = (
 
 def _methods_section(records: Sequence[TrialRecord], order: Sequence[str], meta: StudyMeta) -> str:
     described = dict(meta.methods)
+    retrieval = any(r.test is not None and "map_at_r" in r.test for r in records)
     rows, about = [], []
     for method in order:
         mine = [r for r in records if r.method == method]
@@ -195,6 +196,7 @@ def _methods_section(records: Sequence[TrialRecord], order: Sequence[str], meta:
                 str(len({r.seed for r in mine})),
                 spread(scores(mine, "test", "linear_top1")),
                 spread(scores(mine, "test", "knn_top1")),
+                *([mean_or_none(scores(mine, "test", "map_at_r"), acc)] if retrieval else []),
                 mean_or_none(scores(mine, "val", "linear_top1"), acc),
                 mean_or_none(scores(mine, "val", "knn_top1"), acc),
                 mean_or_none(cluster_stat(mine, "num_clusters"), count),
@@ -204,11 +206,19 @@ def _methods_section(records: Sequence[TrialRecord], order: Sequence[str], meta:
             ]
         )
     header = _METHOD_COLUMNS.split(", ")
+    if retrieval:  # records from before retrieval metrics have none
+        header.insert(4, "test mAP@R")
     return "\n\n".join(
         [
             "## Methods",
             table(["method", "what it is", "loss", "clusters"], about),
-            "Per method, mean ± sd over seeds (validation and cluster columns: means; probe "
+            "Per method, mean ± sd over seeds (validation, retrieval and cluster columns: means; "
+            + (
+                "mAP@R: retrieval of the fitting rows by label, Musgrave et al. 2020; "
+                if retrieval
+                else ""
+            )
+            + "probe "
             "weight decay: the value its trials chose most often, under protocol 2 by "
             "cross-validation on the fitting rows, never on the validation rows it reports).",
             table(header, rows),
