@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "tune": "search training hyperparameters with Ray Tune (ASHA on the validation kNN)",
     "study": "train and evaluate every (method, seed) of a study; its statistics and page",
     "eval": "linear probe and kNN of a checkpoint's frozen features",
+    "neighbors": "a picture of test images' nearest training images under one or more embeddings",
     "demo": "Cl-InfoNCE on tag clusters against SimCLR on the emoji set, end to end",
 }
 
