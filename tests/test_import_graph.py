@@ -316,3 +316,14 @@ def test_test_modules_import_no_other_test_module() -> None:
         for name, line in imported_test_modules(path.read_text())
     ]
     assert not offenders, "test modules importing test modules:\n" + "\n".join(offenders)
+
+
+def test_every_library_module_stays_under_the_400_line_limit() -> None:
+    """STYLE.md's soft limit, kept: a file past it holds more than one concern."""
+    package = Path(__file__).resolve().parent.parent / "clinfo_ray"
+    long = {
+        str(p.relative_to(package)): n
+        for p in package.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"split by concern: {long}"

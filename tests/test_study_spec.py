@@ -241,3 +241,24 @@ def test_the_rules_digest_moves_with_claims_probe_and_methods_only(tmp_path: Pat
     # a note or the study's own set are not rules of the verdicts
     notes = load_study(_write(tmp_path, extra="notes: [a note]")).rules()
     assert notes == base
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_pcl_is_named_for_what_it_is_wherever_it_appears(path: Path) -> None:
+    """The in-batch variant (no momentum encoder, no queue) carries that in its name, which the
+    methods table, the claims and the plots all print, and says which granularity its cluster
+    columns describe."""
+    study = load_study(path)
+    for method in study.methods:
+        if study.base.loss.method == "pcl" or method.overrides.get("loss.method") == "pcl":
+            assert method.name == "pcl-inbatch", method.name
+            assert "in-batch" in method.about and "K = 50 granularity" in method.about
+    for claim in study.claims:
+        assert "pcl" not in claim.named or "pcl-inbatch" in claim.named
+
+
+def test_the_cpu_study_says_which_constructions_are_its_own() -> None:
+    notes = " ".join(load_study("study_cpu").notes)
+    assert "TF-IDF k-means of tags (tfidf-K) is this project's construction" in notes
+    assert "PCL is an in-batch variant (pcl-inbatch)" in notes
+    assert "none changed after" not in notes  # protocol 1's false sentence is gone

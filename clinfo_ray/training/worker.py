@@ -120,8 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def build_state(cfg: TrainConfig, inputs: LoopInputs) -> WorkerState:
-    """The model (and ce-clusters classifier), optimiser, scheduler and clusters on this
-    worker's device, restored from Ray Train's latest checkpoint when there is one."""
+    """Model (and ce-clusters classifier), optimiser, scheduler, clusters: restored if saved."""
     device = ray.train.torch.get_device()
     clusters = ClusterState(clusters_by_index(cfg.data.dataset_dir, inputs.table), device=device)
     num_clusters = clusters.num_clusters if cfg.loss.method == "ce-clusters" else None
