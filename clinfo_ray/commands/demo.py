@@ -108,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     base = study.base
     connect_ray(cpus_needed=base.run.num_workers * base.run.cpus_per_worker)
     manifest = ensure_dataset(study)
+    coarse = base.data.label_column == "coarse_label"
+    classes = len(manifest.coarse_class_names if coarse else manifest.class_names)
     print(
-        f"{base.data.dataset_dir}: {manifest.rows} rows, {manifest.num_classes} classes "
-        f"(the setting of {study.name})",
+        f"{base.data.dataset_dir}: {manifest.rows} rows, {classes} classes of "
+        f"{base.data.label_column} (the setting of {study.name})",
         flush=True,
     )
     rows = []
