@@ -127,12 +127,13 @@ def test_eval_command_writes_json_and_tensorboard(
     assert saved["eval_config"]["linear_epochs"] == 20  # the checkpoint's own eval section
     assert saved["train_rows"] + saved["test_rows"] == SHAPES_IMAGES and saved["test_rows"] > 0
     assert saved["num_classes"] == 2 and saved["feature_dim"] == 32 and saved["epoch"] == 3
-    for key in ("linear_top1", "linear_top5", "knn_top1"):
+    for key in ("linear_top1", "linear_top5", "knn_top1", "recall_at_1", "map_at_r"):
         assert 0.0 <= saved[key] <= 1.0
+    assert saved["recall_at_1"] <= saved["recall_at_5"] <= saved["recall_at_10"]
     assert saved["linear_top5"] == 1.0  # top-5 of 2 classes
     events = EventAccumulator(str(out))
     events.Reload()
-    for key in ("linear_top1", "linear_top5", "knn_top1"):
+    for key in ("linear_top1", "linear_top5", "knn_top1", "recall_at_1", "map_at_r"):
         (scalar,) = events.Scalars(f"eval/{key}")
         assert scalar.step == 3 and scalar.value == pytest.approx(saved[key])
 

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # splits, seeding) and rank 2: both may import the top modules, neither the other. devices
 # sits above config: it reads config's `Device` choice.
 UNITS: dict[str, float] = {
-    PACKAGE: 0,  # the package root: __init__.py holds the version only
+    # the package root: __init__.py holds the version and re-exports the public API
+    # (load_encoder) on first use, from above every unit (nothing inside imports the root)
+    PACKAGE: 8,
     f"{PACKAGE}.config": 0,
     f"{PACKAGE}.devices": 0.5,
     f"{PACKAGE}.data": 1,
@@ -35,6 +37,7 @@ UNITS: dict[str, float] = {
     f"{PACKAGE}.optim": 3,
     f"{PACKAGE}.checkpointing": 4,
     f"{PACKAGE}.evaluation": 5,
+    f"{PACKAGE}.export": 4.5,  # below evaluation, whose embedding path reads exports
     f"{PACKAGE}.training": 6,
     f"{PACKAGE}.tuning": 6.5,
     f"{PACKAGE}.study": 6.8,

@@ -192,7 +192,8 @@ def test_a_trials_record_keeps_its_keys_and_adds_the_cv_scores(checkpoint: Path)
     result = evaluate_trial(cfg, checkpoint, GRID, evaluate_test=True)
     assert set(result) >= {"val", "test", "probe", "probe_grid", "rows", "seconds"}
     assert set(result["val"]) == {"linear_top1", "knn_top1"}
-    assert set(result["test"]) == {"linear_top1", "linear_top5", "knn_top1"}
+    retrieval = {"recall_at_1", "recall_at_5", "recall_at_10", "map_at_r"}
+    assert set(result["test"]) == {"linear_top1", "linear_top5", "knn_top1", *retrieval}
     probe = result["probe"]
     assert set(probe) == {"weight_decay", "epochs", "train_top1", "cv_top1", "folds"}
     assert probe["folds"] == 3 and len(result["probe_grid"]) == len(GRID.settings())

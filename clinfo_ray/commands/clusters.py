@@ -116,7 +116,8 @@ def _checkpoint_embeddings(checkpoint: str, cfg: TrainConfig, address: str | Non
     from clinfo_ray.clusters.metadata import parquet_files
     from clinfo_ray.commands.common import connect_ray
     from clinfo_ray.data import columns as C
-    from clinfo_ray.evaluation.features import check_checkpoint, extract_split_features
+    from clinfo_ray.evaluation.encoder_source import check_checkpoint
+    from clinfo_ray.evaluation.features import extract_split_features
 
     try:
         check_checkpoint(checkpoint)

@@ -22,7 +22,9 @@ COMMANDS: dict[str, str] = {
     "tune": "search training hyperparameters with Ray Tune (ASHA on the validation kNN)",
     "study": "train and evaluate every (method, seed) of a study; its statistics and page",
     "eval": "linear probe and kNN of a checkpoint's frozen features",
+    "embed": "embed a dataset's splits or a folder of images with a frozen encoder, as Parquet",
     "neighbors": "a picture of test images' nearest training images under one or more embeddings",
+    "export": "a checkpoint's encoder as safetensors, a torch.export program, preprocess.json",
     "demo": "Cl-InfoNCE on tag clusters against SimCLR on the emoji set, end to end",
 }
 

@@ -24,6 +24,7 @@ from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import train_probe
+from clinfo_ray.evaluation.retrieval import retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ SCALARS = {
     "linear_top1": "eval/linear_top1",
     "linear_top5": "eval/linear_top5",
     "knn_top1": "eval/knn_top1",
+    "recall_at_1": "eval/recall_at_1",
+    "map_at_r": "eval/map_at_r",
 }  # result key -> TensorBoard tag
 
 
@@ -62,7 +65,8 @@ def evaluate_checkpoint(
     *,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Linear probe and kNN top-1 of a checkpoint's frozen encoder features; writes the results.
+    """Linear probe, kNN top-1 and retrieval by label (recall@1/5/10, mAP@R) of a checkpoint's
+    frozen encoder features; writes the results.
 
     ``config`` defaults to the checkpoint's own; its ``data.dataset_dir`` is the dataset,
     ``data.label_column`` the label, its ``eval`` section the settings (feature extraction:
@@ -88,6 +92,8 @@ def evaluate_checkpoint(
     probe.update(train_top1=trained.train_top1, num_classes=trained.num_classes)
     started = time.perf_counter()
     knn = knn_top1(train_x, train_y, test_x, test_y, eval_cfg.knn_k, eval_cfg.knn_temperature)
+    # retrieval of the training rows by label, beside kNN: recall@1/5/10 and mAP@R
+    retrieval = retrieval_metrics(train_x, train_y, test_x, test_y, (1, 5, 10))
     knn_s = time.perf_counter() - started
     result = {
         "checkpoint": str(checkpoint_dir),
@@ -98,6 +104,7 @@ def evaluate_checkpoint(
         "method": config.loss.method,
         "cluster_method": config.cluster_method,
         **_scores(probe, knn, train_y, test_y),
+        **{key: v for key, v in retrieval.items() if key != "queries"},
         "feature_dim": int(train_x.shape[1]),
         "seconds": {"features": features_s, "linear": probe["seconds"], "knn": knn_s},
         "feature_device": "gpu" if ray_uses_gpu(eval_cfg.device) else "cpu",

@@ -46,7 +46,9 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _flat_index(train: np.ndarray, k: int, device: Device) -> faiss.Index:
+def flat_index(train: np.ndarray, k: int, device: Device) -> faiss.Index:
+    """An exact inner-product index of ``train`` (unit rows: cosine), on a GPU when ``device``
+    says so and faiss has one (searches of up to ``k`` neighbours)."""
     index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
     if faiss_uses_gpu(device) and k <= _GPU_MAX_K:
         # faiss's Python wrapper keeps a reference to the resources inside the GPU index.
@@ -100,7 +102,7 @@ def knn_predict(
     if len(labels) == 0:
         raise ValueError("kNN needs at least one labelled train row")
     k = min(k, len(labels))
-    index = _flat_index(train, k, device)
+    index = flat_index(train, k, device)
     num_classes = int(labels.max()) + 1
     pred = np.empty(test.shape[0], dtype=np.int64)
     for start in range(0, test.shape[0], _QUERY_CHUNK):

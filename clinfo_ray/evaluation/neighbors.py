@@ -18,18 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from clinfo_ray.config import Device
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest, split_files
 from clinfo_ray.data.read.decode import decode_image
 from clinfo_ray.devices import faiss_gpu_count
-from clinfo_ray.evaluation.knn import l2_normalize
+from clinfo_ray.evaluation.knn import flat_index, l2_normalize
 
 EMBEDDING = "embedding"
 MATCH, MISMATCH, QUERY = "#2ca02c", "#d62728", "#000000"
@@ -94,12 +94,9 @@ def _images(dataset: str | Path, ids: Sequence[str], size: int) -> dict[str, np.
 
 
 def _search(train: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
-    if faiss_gpu_count() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(l2_normalize(train))
-    _, found = index.search(l2_normalize(queries), k)  # (N, k)
-    return np.asarray(found)
+    device: Device = "gpu" if faiss_gpu_count() > 0 else "cpu"
+    _, found = flat_index(l2_normalize(train), k, device).search(l2_normalize(queries), k)
+    return np.asarray(found)  # (N, k)
 
 
 def nearest_neighbors(

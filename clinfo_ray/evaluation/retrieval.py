@@ -19,23 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
 
 from clinfo_ray.config import Device
-from clinfo_ray.devices import faiss_uses_gpu
-from clinfo_ray.evaluation.knn import l2_normalize
+from clinfo_ray.evaluation.knn import flat_index, l2_normalize
 
 _QUERY_CHUNK = 4096  # queries per search: bounds the (chunk, depth) neighbour arrays
-_GPU_MAX_K = 2048  # faiss GPU flat search's largest k
-
-
-def _index(gallery: np.ndarray, depth: int, device: Device) -> faiss.Index:
-    index: faiss.Index = faiss.IndexFlatIP(gallery.shape[1])
-    if faiss_uses_gpu(device) and depth <= _GPU_MAX_K:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(gallery)
-    return index
 
 
 def retrieval_metrics(
@@ -64,7 +53,7 @@ def retrieval_metrics(
     if not len(r):
         return result
     depth = int(min(max(max(ks), r.max()), len(labels)))
-    index = _index(gallery, depth, device)
+    index = flat_index(gallery, depth, device)
     hits = {k: 0 for k in ks}
     ap_sum = 0.0
     for start in range(0, len(r), _QUERY_CHUNK):

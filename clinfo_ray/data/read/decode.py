@@ -28,8 +28,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(blob: bytes, size: int) -> np.ndarray:
     """(3, size, size) uint8: shorter side resized to ``size``, then the centre square."""
     with Image.open(io.BytesIO(blob)) as raw:
-        raw.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it is enough
-        img = _to_rgb(raw)
+        return image_array(raw, size)
+
+
+def image_array(raw: Image.Image, size: int) -> np.ndarray:
+    """:func:`decode_image` of an image as ``Image.open`` returns it (a JPEG not loaded yet is
+    decoded at a reduced scale when that is enough; a loaded one is taken at full size)."""
+    raw.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it is enough
+    img = _to_rgb(raw)
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)

@@ -1,0 +1,22 @@
+"""Embed images: `clinfo-ray embed` as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/embed.py \
+        --checkpoint runs/x/checkpoint_epoch0030 --data data/photos --out runs/x/embeddings
+
+The arguments are those of the command (`clinfo-ray embed --help`). Under `ray job submit` it
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
+readable on every node (shared storage on a cluster).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python jobs/embed.py` from a checkout (the --working-dir upload) without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clinfo_ray.commands.main import main
+
+if __name__ == "__main__":
+    sys.exit(main(["embed", *sys.argv[1:]]))
