@@ -26,6 +26,7 @@ RAW = ("results.jsonl", "meta.json", "setting_search.jsonl")
 # (protocol 2: the reruns add their pages here as they publish them)
 PUBLISHED: list[tuple[str, bool, str, str]] = [
     ("study_setting_cpu", False, "docs/study/setting_search", ""),
+    ("study_cpu", False, "docs/study/study_cpu", "docs/results.md"),
 ]
 ARCHIVE = ROOT / "docs" / "study" / "archive" / "protocol1"
 
