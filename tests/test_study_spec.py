@@ -184,7 +184,8 @@ def test_the_wall_clock_sums_invocations_and_keeps_a_killed_ones_time(tmp_path: 
     import json
     import time
 
-    from clinfo_ray.commands.study import WALL_FILE, WallClock
+    from clinfo_ray.commands.study import WallClock
+    from clinfo_ray.study.run import WALL_FILE
 
     def saved() -> float:
         return float(json.loads((tmp_path / WALL_FILE).read_text())["seconds"])

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
-WALL_FILE = "wall_seconds.json"  # the study's wall time over all its invocations
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +122,8 @@ class WallClock:
 
     def __init__(self, folder: Path, every: float = 30.0) -> None:
         import threading
+
+        from clinfo_ray.study.run import WALL_FILE
 
         self.path = folder / WALL_FILE
         self.every = every

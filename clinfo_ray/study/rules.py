@@ -23,24 +23,18 @@ RULES_FILE = "rules.json"
 _REPO = Path(__file__).resolve().parent.parent.parent
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(_REPO), *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
 def code_commit() -> str:
     """The checkout's commit (12 hex digits), ``-dirty`` when it has uncommitted changes to
     tracked files; ``unknown`` outside a git checkout."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(_REPO), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head

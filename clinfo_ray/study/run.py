@@ -31,6 +31,7 @@ RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "study_record.json"  # in a trial's run folder, once it is evaluated
 STUDY_FILE = "study.json"  # what the study is; a rerun must match it
 SETTINGS_FILE = "setting_search.jsonl"
+WALL_FILE = "wall_seconds.json"  # the study's wall time over all its invocations
 
 
 def study_dir(study: Study) -> Path:
@@ -227,7 +228,7 @@ def adopt_published(study: Study, out: Path) -> int:
         first = meta.rules.get("first_test_read")
         if first and not (folder / RULES_FILE).is_file():
             (folder / RULES_FILE).write_text(json.dumps(first, indent=2, sort_keys=True) + "\n")
-        wall = folder / "wall_seconds.json"
+        wall = folder / WALL_FILE
         if not wall.is_file():
             wall.write_text(json.dumps({"seconds": meta.wall_seconds}) + "\n")
     return taken
