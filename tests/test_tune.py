@@ -131,6 +131,7 @@ class Search:
     before_kill: dict[str, tuple[int, int]] = field(default_factory=dict)  # trial 0's files
     groups_while_training: dict[str, str] = field(default_factory=dict)  # before the kill
     groups_after: dict[str, str] = field(default_factory=dict)
+    guards_after: list[str] = field(default_factory=list)
 
     def run(self) -> int:
         return main(["tune", *self.args])
@@ -194,7 +195,27 @@ def search(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Se
             driver.wait(timeout=60)
     assert found.run() == 0  # the same command again
     found.groups_after = {pg: state for pg, state in _worker_groups().items() if pg not in known}
+    found.guards_after = _run_guards_after(deadline_s=20.0)
     return found
+
+
+def _run_guards_after(deadline_s: float) -> list[str]:
+    """The trials' run guards still alive ``deadline_s`` after the search (each trial that
+    ended through its cleanup dismisses its own; a kill takes a moment)."""
+    import ray
+
+    from clinfo_ray.tuning.trainable import GUARD_NAME
+
+    end = time.monotonic() + deadline_s
+    while True:
+        guards = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(GUARD_NAME)
+        ]
+        if not guards or time.monotonic() > end:
+            return guards
+        time.sleep(0.5)
 
 
 def test_asha_stops_a_trial_early_and_the_next_trial_still_trains(search: Search) -> None:
@@ -214,6 +235,7 @@ def test_asha_stops_a_trial_early_and_the_next_trial_still_trains(search: Search
     states = list(search.groups_while_training.values())
     assert states.count("CREATED") == 1 and states.count("REMOVED") >= 2, states
     assert set(search.groups_after.values()) == {"REMOVED"}  # and in the end every one
+    assert search.guards_after == []  # no trial left its run's guard behind
     for row in rows[::2]:  # every trial a training run of its own, named by its trial id
         run = search.folder / "trials" / row["trial_id"]
         assert (run / "metrics.jsonl").is_file() and (run / "tensorboard").is_dir()
