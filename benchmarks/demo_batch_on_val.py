@@ -20,9 +20,15 @@ import logging
 import time
 from pathlib import Path
 
-from clinfo_ray.commands.demo import DEMO_CONFIG, METHODS
 from clinfo_ray.config import apply_overrides, load_config
 
+# The quickstart demo of that time (the demo now runs two trials of study_cpu): its config and its
+# two methods, the same budget with only the clusters differing.
+DEMO_CONFIG = "quickstart"
+METHODS = [
+    ("Cl-InfoNCE (tags-kmeans)", {"loss.method": "clinfonce", "clusters.method": "tags-kmeans"}),
+    ("SimCLR", {"loss.method": "simclr"}),
+]
 BATCHES = {128: 64, 256: 128}  # global batch -> batch_size_per_worker over 2 workers
 
 

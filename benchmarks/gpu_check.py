@@ -63,8 +63,11 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}")
     result = {"cuda_vs_cpu_float64": check_against_cpu_float64(), "amp_training": amp_training()}
     print(json.dumps(result, indent=2))
-    ok = result["cuda_vs_cpu_float64"]["loss_rel_err"] < 1e-5
-    ok &= result["amp_training"]["last_loss"] < result["amp_training"]["first_loss"]
+    exact, amp = result["cuda_vs_cpu_float64"], result["amp_training"]
+    print(f"loss on CUDA vs float64 CPU: relative error {exact['loss_rel_err']:.1e} (goal: < 1e-5)")
+    print(f"bf16 training: loss {amp['first_loss']:.3f} -> {amp['last_loss']:.3f} (goal: falls)")
+    ok = exact["loss_rel_err"] < 1e-5
+    ok &= amp["last_loss"] < amp["first_loss"]
     print("GPU CHECK", "PASSED" if ok else "FAILED")
 
 

@@ -11,10 +11,13 @@ Layout of one checkpoint directory::
 
 Each file is written to a temporary name and renamed, and state.json is written last: a
 directory with state.json is complete, and its ``files`` lists the optional parts it holds.
+A checkpoint is read from a local folder or a URI (``s3://bucket/runs/x/checkpoint_epoch0002``,
+where Ray Train uploaded it): every read goes through :mod:`clinfo_ray.storage.location`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -29,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clinfo_ray.config import ModelConfig, TrainConfig
 from clinfo_ray.model import ContrastiveModel, build_model
+from clinfo_ray.storage import location as loc
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -151,10 +155,15 @@ def save_checkpoint(
 
 def read_checkpoint_state(directory: str | Path) -> CheckpointState:
     """state.json of a checkpoint directory, without loading any tensors."""
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"not a complete checkpoint: {directory} has no {STATE_FILE}")
-    raw = json.loads(path.read_text())
+    path = loc.join(directory, STATE_FILE)
+    try:
+        raw = json.loads(loc.read_text(path))
+    except (FileNotFoundError, IsADirectoryError):
+        if not loc.is_dir(directory):
+            raise CheckpointError(f"no such checkpoint directory: {directory}") from None
+        raise CheckpointError(
+            f"not a complete checkpoint: {directory} has no {STATE_FILE}"
+        ) from None
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format_version {raw.get('format_version')!r}; this code reads "
@@ -169,7 +178,9 @@ def read_checkpoint_state(directory: str | Path) -> CheckpointState:
     )
 
 
-def _check_model_config(directory: Path, saved: Mapping[str, Any], current: ModelConfig) -> None:
+def _check_model_config(
+    directory: str | Path, saved: Mapping[str, Any], current: ModelConfig
+) -> None:
     ckpt = ModelConfig(**saved)
     diffs = [
         f"model.{name}: checkpoint {getattr(ckpt, name)!r}, config {getattr(current, name)!r}"
@@ -182,7 +193,9 @@ def _check_model_config(directory: Path, saved: Mapping[str, Any], current: Mode
         )
 
 
-def _load_state_dict(directory: Path, module: nn.Module, state_dict: Mapping[str, Any]) -> None:
+def _load_state_dict(
+    directory: str | Path, module: nn.Module, state_dict: Mapping[str, Any]
+) -> None:
     """load_state_dict with a message that lists the missing, unexpected and mismatched keys."""
     state_dict = strip_wrapper_prefixes(state_dict)
     own = module.state_dict()
@@ -203,8 +216,9 @@ def _load_state_dict(directory: Path, module: nn.Module, state_dict: Mapping[str
     module.load_state_dict(state_dict)
 
 
-def _torch_load(path: Path, map_location: str | torch.device) -> Any:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _torch_load(path: str, map_location: str | torch.device) -> Any:
+    source: str | io.BytesIO = io.BytesIO(loc.read_bytes(path)) if loc.is_uri(path) else path
+    return torch.load(source, map_location=map_location, weights_only=True)
 
 
 def load_checkpoint(
@@ -224,18 +238,17 @@ def load_checkpoint(
     naming the differing ``model.*`` keys. Objects passed here whose file the checkpoint lacks
     fail too (a resumed optimizer must not silently start fresh).
     """
-    directory = Path(directory)
     state = read_checkpoint_state(directory)
     if model_config is not None:
         _check_model_config(directory, state.config.get("model", {}), model_config)
     target = unwrap_model(model)
-    _load_state_dict(directory, target, _torch_load(directory / "model.pt", map_location))
+    _load_state_dict(directory, target, _torch_load(loc.join(directory, "model.pt"), map_location))
     parts = _part_files(optimizer, scheduler, loss_module, clusters)
     for name, obj in parts.items():
         if obj is None:
             continue
-        path = directory / name
-        if not path.is_file():
+        path = loc.join(directory, name)
+        if not loc.is_file(path):
             raise CheckpointError(f"checkpoint {directory} has no {name} to restore")
         saved = _torch_load(path, map_location)
         if isinstance(obj, nn.Module):

@@ -1,9 +1,12 @@
 """The one reading of a ``Device`` choice (``"auto"``, ``"cpu"``, ``"gpu"``): for faiss
-(k-means, kNN) and for what Ray schedules (Train workers, encoder actors). Imports faiss; Ray
-only when asked about it."""
+(k-means, kNN) and for what Ray schedules (Train workers, encoder actors); and the memory of
+this machine's GPUs. Imports faiss; Ray only when asked about it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import typing
 
 import faiss
@@ -49,3 +52,24 @@ def ray_uses_gpu(device: Device) -> bool:
         return device == "gpu"
     choices = ", ".join(repr(d) for d in typing.get_args(Device))
     raise ValueError(f"device must be one of {choices}; got {device!r}")
+
+
+def local_gpu_memory() -> list[int] | None:
+    """Total memory in bytes of each GPU of this machine that CUDA_VISIBLE_DEVICES leaves
+    visible, as nvidia-smi reports it (which, unlike asking torch, creates no CUDA context in
+    the caller); None without nvidia-smi, when it fails (no NVIDIA driver) or lists none."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    command = [exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        if not visible.strip():
+            return None
+        command.append(f"--id={visible.strip()}")  # indices or UUIDs, as CUDA takes them
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    mib = [int(line) for line in done.stdout.split() if line.strip().isdigit()]
+    return [m * 2**20 for m in mib] or None

@@ -6,13 +6,16 @@ correct in a single process and in tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -128,6 +131,15 @@ def broadcast_buffers_from_rank0(module: nn.Module) -> None:
     with torch.no_grad():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def gradient_sync_deferred(module: nn.Module, defer: bool) -> AbstractContextManager[None]:
+    """Around a forward and its backward: with ``defer``, DDP's all-reduce of the gradients is
+    skipped (``no_sync``: they accumulate on this rank, and the next backward outside this
+    context reduces their sum); otherwise, or when ``module`` is not DDP, nothing."""
+    if defer and isinstance(module, DistributedDataParallel):
+        return module.no_sync()
+    return contextlib.nullcontext()
 
 
 def mean_over_ranks(values: Sequence[float], device: torch.device) -> float:

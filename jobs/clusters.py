@@ -1,11 +1,13 @@
 """Build a cluster assignment table: `clinfo-ray clusters` as a Ray job.
 
     ray job submit --working-dir . -- python jobs/clusters.py \\
-        --data data/emoji --method tags-kmeans --k 100 --out clusters/emoji_k100.parquet
+        --data /mnt/shared/data/emoji --method tags-kmeans --k 100 \\
+        --out /mnt/shared/clusters/emoji_k100.parquet
 
 The arguments are those of the command (`clinfo-ray clusters --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster).
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused
+inside a submitted job).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Embed images: `clinfo-ray embed` as a Ray job.
 
     ray job submit --working-dir . -- python jobs/embed.py \
-        --checkpoint runs/x/checkpoint_epoch0030 --data data/photos --out runs/x/embeddings
+        --checkpoint /mnt/shared/runs/x/checkpoint_epoch0030 --data /mnt/shared/data/photos \
+        --out /mnt/shared/runs/x/embeddings
 
 The arguments are those of the command (`clinfo-ray embed --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster).
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused
+inside a submitted job).
 """
 
 from __future__ import annotations

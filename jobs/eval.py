@@ -1,10 +1,12 @@
 """Evaluate a checkpoint: `clinfo-ray eval` as a Ray job.
 
-    ray job submit --working-dir . -- python jobs/eval.py --checkpoint runs/x/checkpoint_epoch0030
+    ray job submit --working-dir . -- python jobs/eval.py \
+        --checkpoint /mnt/shared/runs/x/checkpoint_epoch0030
 
 The arguments are those of the command (`clinfo-ray eval --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster).
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused
+inside a submitted job).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Export a checkpoint's encoder: `clinfo-ray export` as a Ray job.
 
     ray job submit --working-dir . -- python jobs/export.py \
-        --checkpoint runs/x/checkpoint_epoch0030 --out exports/x
+        --checkpoint /mnt/shared/runs/x/checkpoint_epoch0030 --out /mnt/shared/exports/x
 
 The arguments are those of the command (`clinfo-ray export --help`). It starts no Ray of its
-own; under `ray job submit` it runs on the head node, so the paths are the head's.
+own; under `ray job submit` it runs on the head node, so the paths are the head's, and
+absolute (a relative one is refused inside a submitted job).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Nearest-neighbour picture of embeddings: `clinfo-ray neighbors` as a Ray job.
 
-    ray job submit --working-dir . -- python jobs/neighbors.py --embeddings /shared/emb \
-        --data /shared/data/emoji4 --out /shared/neighbors.png
+    ray job submit --working-dir . -- python jobs/neighbors.py --embeddings /mnt/shared/emb \
+        --data /mnt/shared/data/emoji4 --out /mnt/shared/neighbors.png
 
-The arguments are those of the command (`clinfo-ray neighbors --help`). Paths must be readable
-where the job's driver runs (shared storage on a cluster).
+The arguments are those of the command (`clinfo-ray neighbors --help`). Its locations must be
+absolute paths where the job's driver runs (a relative one is refused inside a
+submitted job).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Prepare a dataset as Parquet shards: `clinfo-ray prepare` as a Ray job.
 
-    ray job submit --working-dir . -- python jobs/prepare.py emoji --out data/emoji
+    ray job submit --working-dir . -- python jobs/prepare.py emoji \
+        --out /mnt/shared/data/emoji --cache /mnt/shared/cache/clinfo-ray
 
 The arguments are those of the command (`clinfo-ray prepare --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster).
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused
+inside a submitted job).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Reproduce the paper's claims: `clinfo-ray study` as a Ray job.
 
-    ray job submit --working-dir . -- python jobs/study.py --config study_gpu
+    ray job submit --working-dir . -- python jobs/study.py --config study_gpu \
+        --set data.dataset_dir=/mnt/shared/data/emoji4 --set run.output_dir=/mnt/shared/runs
 
-The arguments are those of the command (`clinfo-ray study --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster): the trials' runs, the shared cluster
-tables and the results are written under run.output_dir.
+The arguments are those of the command (`clinfo-ray study --help`). Under `ray job submit` it joins
+the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused inside a
+submitted job): the trials' runs, the shared cluster tables and the results are written under
+run.output_dir.
 """
 
 from __future__ import annotations

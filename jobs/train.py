@@ -1,10 +1,12 @@
 """Train a representation: `clinfo-ray train` as a Ray job.
 
-    ray job submit --working-dir . -- python jobs/train.py --config quickstart
+    ray job submit --working-dir . -- python jobs/train.py --config quickstart \
+        --set data.dataset_dir=/mnt/shared/data/emoji --set run.output_dir=/mnt/shared/runs
 
 The arguments are those of the command (`clinfo-ray train --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster).
+joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused
+inside a submitted job).
 """
 
 from __future__ import annotations

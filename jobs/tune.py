@@ -1,12 +1,13 @@
 """Search training hyperparameters: `clinfo-ray tune` as a Ray job.
 
     ray job submit --working-dir . -- python jobs/tune.py --space clusters_temperature \
-        --config quickstart
+        --config quickstart \
+        --set data.dataset_dir=/mnt/shared/data/emoji --set run.output_dir=/mnt/shared/runs
 
-The arguments are those of the command (`clinfo-ray tune --help`). Under `ray job submit` it
-joins the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Paths must be
-readable on every node (shared storage on a cluster): the trials' runs and the shared cluster
-tables are written under run.output_dir.
+The arguments are those of the command (`clinfo-ray tune --help`). Under `ray job submit` it joins
+the job's cluster (RAY_ADDRESS); run directly, it starts a local Ray. Its locations must be
+absolute paths every node sees (shared storage on a cluster; a relative one is refused inside a
+submitted job): the trials' runs and the shared cluster tables are written under run.output_dir.
 """
 
 from __future__ import annotations

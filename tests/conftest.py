@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import s3_server
+
 # Ray's token authentication on, as for the clusters the commands start (RAY_AUTH_MODE set
 # explicitly: left unset, Ray's choice depends on whether ~/.ray/auth_token exists). The clusters
 # of the session get a token of their own, in the environment that every process they start
@@ -29,6 +31,11 @@ if os.environ["RAY_AUTH_MODE"] == "token" and not (
 ):
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# The session's S3-compatible server (tests/s3_server.py): its endpoint on loopback, dummy
+# credentials and no instance metadata, in the environment before any Ray cluster starts, so
+# that every Ray worker reaches the same server. The server starts when a test asks for it.
+S3_ENDPOINT = s3_server.configure_environment()
 
 pytest_plugins = ("pytester",)  # tests/test_conftest_marks.py runs small suites of its own
 
@@ -93,3 +100,29 @@ def shapes_dataset(ray_session: None, tmp_path_factory: pytest.TempPathFactory) 
     from tests.datasets import prepare_shapes_dataset
 
     return prepare_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> Iterator[str]:
+    """The session's S3 server (moto, on 127.0.0.1) and its bucket: ``s3://clinfo-test``."""
+    server = s3_server.start_server(S3_ENDPOINT)
+    try:
+        yield f"s3://{s3_server.BUCKET}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def authentication_on(s3_bucket: str) -> Iterator[None]:
+    """moto checks every request's key (the dummy one is unknown: all are denied)."""
+    s3_server.set_authentication(S3_ENDPOINT, on=True)
+    try:
+        yield
+    finally:
+        s3_server.set_authentication(S3_ENDPOINT, on=False)
+
+
+@pytest.fixture
+def s3_prefix(s3_bucket: str, request: pytest.FixtureRequest) -> str:
+    """A folder of the session's bucket of this test's own (nothing written there yet)."""
+    return f"{s3_bucket}/{request.node.name.replace('[', '-').strip(']')}-{secrets.token_hex(4)}"

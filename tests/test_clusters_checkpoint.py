@@ -119,8 +119,8 @@ def test_stats_json_has_the_keys_of_the_other_methods(
     labels_out = kmeans_table.with_name("labels.parquet")
     argv = ["clusters", "--data", str(dataset), "--method", "labels", "--out", str(labels_out)]
     assert main(argv) == 0
-    stats = json.loads(stats_path(kmeans_table).read_text())
-    assert set(stats) == set(json.loads(stats_path(labels_out).read_text()))
+    stats = json.loads(Path(stats_path(kmeans_table)).read_text())
+    assert set(stats) == set(json.loads(Path(stats_path(labels_out)).read_text()))
     assert stats["method"] == "kmeans" and stats["config"]["k"] == K
     assert stats["details"]["embeddings"] == str(checkpoint)
     assert stats["details"]["images_without_embedding"] == 0
@@ -199,7 +199,7 @@ def test_a_missing_or_incomplete_checkpoint_fails_naming_it(
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err
-    assert ("state.json" if broken == "missing" else "model.pt") in err
+    assert ("no such checkpoint directory" if broken == "missing" else "model.pt") in err
     assert not out.exists()
 
 
@@ -220,4 +220,4 @@ def test_job_entrypoint_reports_a_missing_checkpoint(dataset: Path, tmp_path: Pa
     cmd += ["--method", "kmeans", "--checkpoint", str(missing), "--out", str(tmp_path / "k.pq")]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 2
-    assert f"{missing} has no state.json" in done.stderr
+    assert f"no such checkpoint directory: {missing}" in done.stderr

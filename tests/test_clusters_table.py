@@ -32,7 +32,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     stored = read_table(path)
     assert stored.schema.equals(C.CLUSTER_SCHEMA)
     assert stored[C.CLUSTER].to_pylist() == [1, 0, 1, 2, 0]
-    assert not list(path.parent.glob(".*partial"))  # the temporary file was renamed away
+    assert not list(Path(path).parent.glob(".*"))  # the temporary file was renamed away
     valid = validate_table(stored, DATASET_IDS)
     np.testing.assert_array_equal(clusters_for(valid, pa.array(["e", "a", "d"])), [0, 1, 2])
 

@@ -19,7 +19,12 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import Manifest
 from clinfo_ray.data.read.augment import ViewAugmentation
 from clinfo_ray.data.read.decode import decode_image, source_side
-from clinfo_ray.training.launch import _check_worker_cache_size, resolve_decode_size
+from clinfo_ray.training import launch
+from clinfo_ray.training.launch import (
+    _check_worker_cache_size,
+    resolve_decode_size,
+    worker_cache_problem,
+)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -104,3 +109,31 @@ def test_worker_memory_check_counts_the_decoded_size() -> None:
     with pytest.raises(ConfigError, match=r"data\.cache"):
         _check_worker_cache_size(rows, cfg)  # ...but the whole of it decoded at 64 px
     _check_worker_cache_size(rows // 8, cfg)
+
+
+def test_worker_cache_fits_in_half_of_each_memory() -> None:
+    gib = 2**30
+    assert worker_cache_problem(2 * gib, 2, 8 * gib, "this machine's memory") is None
+    problem = worker_cache_problem(2 * gib + 1, 2, 8 * gib, "this machine's memory")
+    assert problem is not None and "2 worker(s)" in problem and "(8 GiB)" in problem
+    assert worker_cache_problem(4 * gib, 1, 8 * gib, "GPU") is None
+    assert worker_cache_problem(4 * gib + 1, 1, 8 * gib, "GPU") is not None
+
+
+def test_worker_cache_on_gpu_workers_is_checked_against_the_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On GPU workers of a local run the split must also fit in half of the smallest GPU (faked:
+    this machine has none); CPU workers and a cluster's workers are not checked against it."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(launch, "local_gpu_memory", lambda: [16 * 2**30, 4 * 2**30])
+    raw = {"data": {"image_size": 32, "decode_size": 32, "cache": "worker"}}
+    raw["data"]["augment_on"] = "worker"
+    gpu = TrainConfig.from_dict({**raw, "run": {"num_workers": 1, "device": "gpu"}})
+    rows = 3 * 2**30 // (3 * 32**2)  # 3 GiB decoded: fits the host, not half of 4 GiB
+    with pytest.raises(ConfigError, match=r"data\.cache: .*smallest of this machine's 2 GPU"):
+        _check_worker_cache_size(rows, gpu)
+    _check_worker_cache_size(rows // 2, gpu)  # 1.5 GiB fits
+    _check_worker_cache_size(rows, apply_overrides(gpu, {"run.device": "cpu"}))
+    monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere:10001")
+    _check_worker_cache_size(rows, gpu)

@@ -1,10 +1,34 @@
-"""The demo: two trials of the study, their summary rows and table (the full demo is
-`make demo`, minutes long)."""
+"""The demo: two trials of the study, their summary rows and table, and its closing neighbours
+picture (the full demo is `make demo`, minutes long: here its training and evaluation are
+stubbed and the neighbours step runs for real on the small shapes dataset)."""
 
 from __future__ import annotations
 
-from clinfo_ray.commands.demo import DEMO_METHODS, DEMO_STUDY, format_table, summary_row
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from clinfo_ray.checkpointing import save_checkpoint
+from clinfo_ray.commands.demo import (
+    DEMO_METHODS,
+    DEMO_STUDY,
+    NEIGHBOR_K,
+    NEIGHBOR_QUERIES,
+    PICTURE,
+    format_table,
+    summary_row,
+)
+from clinfo_ray.commands.main import main
+from clinfo_ray.config import DataConfig, ModelConfig, TrainConfig
+from clinfo_ray.data import columns as C
+from clinfo_ray.model import build_model
 from clinfo_ray.study.study_file import load_study
+from clinfo_ray.training.launch import TrainOutcome
 
 SCORES = {
     "val": {"linear_top1": 0.51, "knn_top1": 0.45},
@@ -52,3 +76,67 @@ def test_summary_rows_have_the_documented_keys_and_the_table_shows_them() -> Non
         "0.400",
     ]
     assert second.split()[:4] == ["simclr", "-", "-", "-"]  # no cluster statistics
+
+
+def _untrained_checkpoint(folder: Path, dataset_dir: Path, seed: int) -> Path:
+    """A small CNN's checkpoint, as a trial of the demo would leave (untrained: seconds)."""
+    torch.manual_seed(seed)
+    cfg = TrainConfig(
+        data=DataConfig(dataset_dir=str(dataset_dir), image_size=16),
+        model=ModelConfig(backbone="small_cnn", cnn_width=4),
+    )
+    model = build_model(cfg.model)
+    return save_checkpoint(folder / "checkpoint_000001", model=model, epoch=1, step=1, config=cfg)
+
+
+def test_the_demo_ends_with_the_neighbours_picture_of_both_methods(
+    shapes_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The demo's own run, its training and evaluation stubbed: each method's checkpoint is
+    embedded by the embed path for real and the picture is drawn; its path is the last line."""
+    checkpoints = {
+        method: _untrained_checkpoint(tmp_path / "runs" / method, shapes_dataset, seed)
+        for seed, method in enumerate(DEMO_METHODS)
+    }
+
+    def train(cfg: TrainConfig) -> TrainOutcome:  # makes the run's folder, as training does
+        run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        run_dir.mkdir(parents=True)
+        return TrainOutcome(run_dir, checkpoints[cfg.run.name], {}, cluster_stats=None)
+
+    def evaluate_trial(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return SCORES
+
+    monkeypatch.setattr("clinfo_ray.training.launch.train", train)
+    monkeypatch.setattr("clinfo_ray.study.evaluate.evaluate_trial", evaluate_trial)
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--set", f"data.dataset_dir={shapes_dataset}"]
+    level = logging.getLogger().level
+    try:  # shapes have no coarse label: frame by the label
+        assert main([*argv, "--set", "data.label_column=label"]) == 0
+    finally:
+        logging.getLogger().setLevel(level)  # the demo quiets the root logger
+    lines = capsys.readouterr().out.strip().splitlines()
+
+    picture = out / PICTURE
+    assert lines[-1] == f"neighbours picture: {picture}"
+    assert [line.split(":")[0].strip() for line in lines[-3:-1]] == [
+        "Cl-InfoNCE (tfidf-k100)",
+        "SimCLR",
+    ]
+    blob = picture.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(blob) < 2_000_000
+    with Image.open(picture) as image:
+        image.verify()
+    with Image.open(picture) as image:
+        width, height = image.size
+    # 72 px a cell (0.9 in at 80 dpi); a row a query; the query, then a gap and K per method
+    columns = 1 + len(DEMO_METHODS) * (NEIGHBOR_K + 1)
+    assert abs(width - columns * 72) <= 2 and abs(height - (NEIGHBOR_QUERIES + 0.4) * 72) <= 2
+    for method in DEMO_METHODS:  # what clinfo-ray embed writes, for the train and test splits
+        manifest = json.loads((out / "embeddings" / method / "manifest.json").read_text())
+        assert manifest["rows"] == {C.TRAIN: 48, C.TEST: 12}
+        assert manifest["encoder"]["checkpoint"] == str(checkpoints[method].resolve())

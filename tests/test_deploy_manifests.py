@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 RAYJOB = DEPLOY / "kuberay-rayjob.yaml"
 CLUSTER = DEPLOY / "cluster-aws.yaml"
+RAYJOB_S3 = DEPLOY / "kuberay-rayjob-s3.yaml"  # the bucket instead of a volume
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOC = ROOT / "docs" / "multinode.md"
 
@@ -153,6 +154,39 @@ def test_rayjob_learning_rate_follows_the_linear_rule(rayjob: dict[str, Any]) ->
     assert cfg.optim.lr == pytest.approx(0.3 * cfg.global_batch_size / 256)
 
 
+def test_the_bucket_rayjob_shares_nothing_but_the_bucket(rayjob: dict[str, Any]) -> None:
+    """The S3 variant: the dataset and the run are s3:// URIs, no pod mounts a persistent
+    volume, and every Ray container takes the credentials from one Kubernetes Secret; the
+    rest (image, token auth, GPUs per Train worker) as the volume manifest."""
+    job = yaml.safe_load(RAYJOB_S3.read_text())
+    cfg = _train_config(shlex.split(job["spec"]["entrypoint"]))
+    assert cfg.run.device == "gpu" and cfg.run.max_failures > 0
+    assert cfg.data.dataset_dir.startswith("s3://") and cfg.run.output_dir.startswith("s3://")
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token" and cluster["rayVersion"] == _pinned_ray()
+    groups = cluster["workerGroupSpecs"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in groups)]
+    assert not any(_mounts(t) for t in templates), "a persistent volume in the bucket manifest"
+    volume_job = rayjob["spec"]["rayClusterSpec"]
+    assert [c["image"] for t in templates for c in _containers(t)] == [
+        _containers(volume_job["headGroupSpec"]["template"])[0]["image"]
+    ] * len(templates)
+    for container in (c for t in templates for c in _containers(t)):
+        secrets = {e["secretRef"]["name"] for e in container.get("envFrom", [])}
+        assert len(secrets) == 1, container["name"]  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+        assert {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"} in container["env"]
+    secret = secrets.pop()
+    header = RAYJOB_S3.read_text().split("apiVersion:")[0]
+    assert f"kubectl create secret generic {secret}" in header
+    assert "AWS_ACCESS_KEY_ID" in header and "AWS_SECRET_ACCESS_KEY" in header
+    gpus = sum(
+        g["replicas"] * int(_containers(g["template"])[0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in groups
+    )
+    assert gpus == cfg.run.num_workers
+    assert cfg.optim.lr == pytest.approx(0.3 * cfg.global_batch_size / 256)
+
+
 # -- Ray cluster launcher ----------------------------------------------------------------------
 
 
@@ -205,11 +239,19 @@ def test_cluster_header_submits_a_valid_training_command() -> None:
 
 
 def test_dockerfile_builds_on_the_pinned_ray_and_ships_the_jobs() -> None:
+    from clinfo_ray.tuning.space import SPACES_DIR
+
     text = DOCKERFILE.read_text()
     base = re.search(r"^FROM\s+(\S+)", text, re.M)
     assert base and base.group(1) == f"rayproject/ray:{_pinned_ray()}-py311-gpu"
     copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)", text, re.M))
-    assert {"clinfo_ray", "jobs", "pyproject.toml"} <= copied
+    # the search spaces `tune --space NAME` reads from the checkout, beside the package
+    spaces = SPACES_DIR.relative_to(ROOT).as_posix()
+    assert {"clinfo_ray", "jobs", "pyproject.toml", spaces} <= copied
+    # `prepare emoji` (docs/multinode.md: in a pod of this image) fetches npm packages
+    joined = text.replace("\\\n", " ")  # continuation lines
+    install = " ".join(re.findall(r"^RUN\s+(.*)", joined, re.M))
+    assert re.search(r"apt-get install [^&]*\bnpm\b", install), install
 
 
 def test_doc_commands_name_real_jobs_and_bundled_configs() -> None:

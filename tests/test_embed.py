@@ -251,7 +251,11 @@ def test_bad_inputs_fail_in_one_line_before_ray(
     (full / "mine.txt").write_text("")
     fresh = str(tmp_path / "out")
     cases = [
-        ("state.json", ["--checkpoint", str(tmp_path / "nope"), "--data", str(data)], fresh),
+        (
+            "no such checkpoint directory",
+            ["--checkpoint", str(tmp_path / "nope"), "--data", str(data)],
+            fresh,
+        ),
         ("no manifest.json", ["--checkpoint", str(ckpt), "--data", str(tmp_path)], fresh),
         (
             "split: 'val' is not in ['test', 'train']",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 
 from clinfo_ray.devices import faiss_gpu_count
+from clinfo_ray.evaluation import knn
 from clinfo_ray.evaluation.knn import knn_predict, knn_top1
 
 
@@ -105,6 +107,32 @@ def test_device_choice_reaches_faiss() -> None:
             knn_predict(x, y, x, k=1, device="gpu")
     with pytest.raises(ValueError, match="device must be one of"):
         knn_predict(x, y, x, k=1, device="cuda")  # type: ignore[arg-type]
+
+
+def test_gpu_resources_made_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GPU search of a process shares one faiss resource object (faked here: no GPU)."""
+    made: list[object] = []
+    moved: list[object] = []
+
+    def fake_resources() -> object:
+        made.append(object())
+        return made[-1]
+
+    def fake_to_gpu(resources: object, device: int, index: faiss.Index) -> faiss.Index:
+        moved.append(resources)
+        return index
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", fake_resources, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_to_gpu, raising=False)
+    monkeypatch.setattr(knn, "faiss_uses_gpu", lambda device: True)
+    knn.gpu_resources.cache_clear()
+    try:
+        x, y = np.eye(4, dtype=np.float32), np.arange(4)
+        for _ in range(3):
+            assert knn_top1(x, y, x, y, k=1) == 1.0
+    finally:
+        knn.gpu_resources.cache_clear()  # never leave the fake to a later test
+    assert len(made) == 1 and moved == [made[0]] * 3
 
 
 def test_knn_does_not_import_the_clusters_package() -> None:

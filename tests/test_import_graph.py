@@ -25,6 +25,8 @@ UNITS: dict[str, float] = {
     # the package root: __init__.py holds the version and re-exports the public API
     # (load_encoder) on first use, from above every unit (nothing inside imports the root)
     PACKAGE: 8,
+    # where data are read and written (local paths, s3:// and other URIs): under everything
+    f"{PACKAGE}.storage": -1,
     f"{PACKAGE}.config": 0,
     f"{PACKAGE}.devices": 0.5,
     f"{PACKAGE}.data": 1,
@@ -330,3 +332,17 @@ def test_every_library_module_stays_under_the_400_line_limit() -> None:
         if (n := len(p.read_text().splitlines())) > 400
     }
     assert not long, f"split by concern: {long}"
+
+
+def test_no_module_imports_a_command() -> None:
+    """What the README says: a command's module (one per subcommand) is imported by no module of
+    the package; the commands share common.py and flags.py, and main.py finds them by name."""
+    from clinfo_ray.commands.main import COMMANDS as SUBCOMMANDS
+
+    commands = {f"{COMMANDS}.{name}" for name in SUBCOMMANDS}
+    found = [
+        f"{i.source} -> {i.target} (line {i.line})"
+        for i in package_imports()
+        if i.target in commands
+    ]
+    assert not found, found

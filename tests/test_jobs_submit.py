@@ -6,7 +6,10 @@ other Ray on the machine is touched.
 
 The jobs run both ways a user submits them: the checkout uploaded as the working dir
 (``python jobs/X.py``), and the installed package without any upload (``python -m clinfo_ray
-X``). Every path handed to a job is absolute (the job's working directory is Ray's copy).
+X``). Every path handed to a job is absolute (the job's working directory is Ray's copy), and
+one given a relative location refuses it. The README's train and tune jobs run as written, with
+this module's shared folder for the README's ``/mnt/shared`` and ``--set`` overrides appended
+(they win) only to make them small enough for 2 cores (``TINY``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from clinfo_ray.checkpointing import load_model_from_checkpoint, read_checkpoint
 from clinfo_ray.config import load_config
 from clinfo_ray.data import columns as C
 from tests.datasets import SHAPES_IMAGES, SHAPES_SIZE, draw_shapes, shapes_split, write_csv
+from tests.doc_commands import readme_job
 from tests.gloo import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -43,8 +47,22 @@ BIN = Path(sys.executable).parent  # the venv's: `ray`, `python` and `clinfo-ray
 HEAD_START_S = 120
 JOB_TIMEOUT_S = 600  # a tiny job takes 1 minute on 2 idle cores; more when they are shared
 
-# The tune job's search space, in the format of `clinfo-ray tune --space` (tuning/space.py)
-TUNE_SPACE = {"search": {"optim.lr": {"type": "loguniform", "low": 0.05, "high": 0.5}}}
+SHARED = "/mnt/shared"  # the README's shared folder, every node's
+# What makes the README's quickstart jobs small enough for 2 cores and the shapes set: 16-px
+# crops, a 4-wide CNN, 8 images a worker, 4 clusters, 2 epochs (appended: they win)
+TINY = [
+    f"--set={key}={value}"
+    for key, value in {
+        "data.image_size": 16,
+        "data.batch_size_per_worker": 8,
+        "model.cnn_width": 4,
+        "model.proj_dim": 16,
+        "clusters.k": 4,
+        "optim.epochs": 2,
+        "optim.warmup_epochs": 1,
+        "eval.knn_k": 5,
+    }.items()
+]
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,11 @@ class Head:
             timeout=timeout,
         )
 
-    def submit(self, submission_id: str, entrypoint: list[str], *, working_dir: bool) -> str:
-        """Submit a job, follow it to its end, check Ray calls it SUCCEEDED; its output."""
+    def submit(
+        self, submission_id: str, entrypoint: list[str], *, working_dir: bool, succeeds: bool = True
+    ) -> str:
+        """Submit a job, follow it to its end, check Ray calls it SUCCEEDED (FAILED when not
+        ``succeeds``); its output."""
         upload = ["--working-dir", "."] if working_dir else []
         args = ["job", "submit", "--address", self.url, "--submission-id", submission_id]
         try:
@@ -79,9 +100,11 @@ class Head:
             self.ray("job", "stop", "--address", self.url, submission_id)
             raise
         logs = self.ray("job", "logs", "--address", self.url, submission_id).stdout
-        assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{logs[-4000:]}"
+        output = f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{logs[-4000:]}"
+        assert (done.returncode == 0) == succeeds, output
         status = self.ray("job", "status", "--address", self.url, submission_id).stdout
-        assert f"Job '{submission_id}' succeeded" in status, status + logs[-4000:]
+        ended = "succeeded" if succeeds else "failed"
+        assert f"Job '{submission_id}' {ended}" in status, status + logs[-4000:]
         return logs
 
     def get(self, path: str, token: str | None) -> int:
@@ -220,14 +243,29 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shapes(head: Head, work: Path) -> Path:
+def shared(work: Path) -> Path:
+    """What the README's jobs call /mnt/shared: a folder every node (here: one) sees."""
+    return work / "shared"
+
+
+def as_written(script: str, shared: Path, *extra: str) -> tuple[list[str], bool]:
+    """The README's ``ray job submit`` of ``jobs/SCRIPT.py`` as written, with ``shared`` for
+    its /mnt/shared and ``extra`` appended: (entrypoint, whether it uploads the checkout)."""
+    command = readme_job(script)
+    args = [word.replace(SHARED, str(shared)) for word in command.argv[1:]]
+    return ["python", f"jobs/{script}.py", *args, *extra], command.submit == ["--working-dir", "."]
+
+
+@pytest.fixture(scope="module")
+def shapes(head: Head, work: Path, shared: Path) -> Path:
     """The shapes dataset (tests/datasets.py), prepared by the prepare job itself, uploaded
-    with the checkout as its working dir."""
+    with the checkout as its working dir, where the README's jobs read their dataset
+    (/mnt/shared/data/emoji: the README prepares the emoji set there, which needs npm)."""
     records = draw_shapes(work / "img", SHAPES_IMAGES, size=SHAPES_SIZE)
     for i, record in enumerate(records):
         record["split"] = shapes_split(i)
     annotations = write_csv(work / "a.csv", records)
-    out = work / "shapes"
+    out = shared / "data" / "emoji"
     logs = head.submit(
         "prepare-shapes",
         [
@@ -294,14 +332,14 @@ def test_prepare_job_wrote_the_dataset(shapes: Path) -> None:
     assert manifest["rows"] == {C.TRAIN: 48, C.TEST: 12}
 
 
-def test_train_job_from_the_uploaded_checkout(head: Head, shapes: Path, work: Path) -> None:
-    out = work / "runs"
-    config = _tiny_config(work / "upload.yaml", shapes, out, "upload", workers=2)
-    logs = head.submit(
-        "train-upload", ["python", "jobs/train.py", "--config", str(config)], working_dir=True
-    )
-    _check_run(out / "upload", logs)
-    # the upload is the checkout less what .gitignore names (.venv, data/, runs/, .git, caches)
+def test_the_readme_train_job_runs_as_written(head: Head, shapes: Path, shared: Path) -> None:
+    """The README's `ray job submit --working-dir . -- python jobs/train.py --config quickstart
+    --set data.dataset_dir=/mnt/shared/... --set run.output_dir=/mnt/shared/runs`."""
+    entrypoint, upload = as_written("train", shared, *TINY)
+    logs = head.submit("train-upload", entrypoint, working_dir=upload)
+    _check_run(shared / "runs" / "quickstart", logs)
+    # the upload is the checkout less what .gitignore (.venv, data/, runs/, .git, caches) and
+    # .rayignore (docs/) name
     # (one package per content of the checkout: the prepare job's too, unless files changed)
     unpacked = (head.temp_dir / "ray").glob("session_*/runtime_resources/working_dir_files/*")
     packages = [p for p in unpacked if p.is_dir()]
@@ -309,7 +347,8 @@ def test_train_job_from_the_uploaded_checkout(head: Head, shapes: Path, work: Pa
     for package in packages:
         names = {p.name for p in package.iterdir()}
         assert {"jobs", "clinfo_ray", "pyproject.toml"} <= names
-        assert not names & {".venv", "data", "runs", ".git", ".mypy_cache", ".pytest_cache"}, names
+        left_out = {".venv", "data", "runs", "docs", ".git", ".mypy_cache", ".pytest_cache"}
+        assert not names & left_out, names
         size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
         assert size < 2 * 2**20, f"{size / 2**20:.1f} MiB uploaded"
 
@@ -356,32 +395,33 @@ def test_a_client_without_the_token_is_refused(head: Head) -> None:
     assert listed.returncode == 0, listed.stderr[-2000:]
 
 
-def test_tune_job_runs_two_trials(head: Head, shapes: Path, work: Path) -> None:
-    out = work / "tune-runs"
-    config = _tiny_config(work / "tune.yaml", shapes, out, "tune-base", workers=1)
-    space = work / "space.yaml"
-    space.write_text(yaml.safe_dump(TUNE_SPACE))
-    head.submit(
-        "tune-two",
-        [
-            "python",
-            "jobs/tune.py",
-            "--space",
-            str(space),
-            "--config",
-            str(config),
-            "--num-samples",
-            "2",
-            "--name",
-            "jobs-tune",
-        ],
-        working_dir=True,
-    )
-    results = out / "tune" / "jobs-tune"
+def test_the_readme_tune_job_runs_as_written(head: Head, shapes: Path, shared: Path) -> None:
+    """The README's tune job (a shipped space found in the uploaded checkout), 2 trials of 1
+    worker."""
+    small = [*TINY, "--set=run.num_workers=1", "--num-samples=2"]
+    entrypoint, upload = as_written("tune", shared, *small)
+    head.submit("tune-two", entrypoint, working_dir=upload)
+    space = entrypoint[entrypoint.index("--space") + 1]
+    results = shared / "runs" / "tune" / space
     with (results / "trials.csv").open(newline="") as handle:
         trials = list(csv.DictReader(handle))
     assert len(trials) == 2, trials
     assert all(t["status"] != "errored" for t in trials), trials
-    assert all(0.05 <= float(t["optim.lr"]) <= 0.5 for t in trials), trials
+    assert all(0.03 <= float(t["optim.lr"]) <= 1.0 for t in trials), trials
     best = load_config(results / "best.yaml")  # a train config: `clinfo-ray train` runs it
     assert best.optim.lr in [pytest.approx(float(t["optim.lr"])) for t in trials]
+
+
+def test_a_job_given_relative_locations_refuses_them(head: Head) -> None:
+    """The quickstart's own data/emoji and runs inside a job would name Ray's temporary copy of
+    the upload: the job ends in one line saying so, before it starts any Ray work."""
+    logs = head.submit(
+        "train-relative",
+        ["python", "jobs/train.py", "--config", "quickstart"],
+        working_dir=True,
+        succeeds=False,
+    )
+    errors = [line for line in logs.splitlines() if line.startswith("clinfo-ray train: error:")]
+    assert len(errors) == 1, logs[-3000:]
+    assert "data.dataset_dir: 'data/emoji' is relative" in errors[0]
+    assert "train-relative" in errors[0] and "absolute path every node mounts" in errors[0]

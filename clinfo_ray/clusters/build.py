@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 
 from clinfo_ray.config import ClustersConfig
 from clinfo_ray.data import columns as C
+from clinfo_ray.storage import location as loc
 
 from .from_embeddings import Embeddings, align_embeddings, embedding_kmeans_clusters
 from .from_hierarchy import hierarchy_clusters
@@ -33,9 +33,9 @@ EMBEDDING_METHODS = ("kmeans",)
 STATS_COLUMNS = (C.ID, C.LABEL, C.SPLIT)
 
 
-def stats_path(table_path: str | Path) -> Path:
-    """FILE.parquet -> FILE.stats.json beside it."""
-    return Path(table_path).with_suffix(".stats.json")
+def stats_path(table_path: str | Path) -> str:
+    """FILE.parquet -> FILE.stats.json beside it (a URI stays a URI)."""
+    return loc.with_suffix(table_path, ".stats.json")
 
 
 def metadata_columns(config: ClustersConfig) -> list[str]:
@@ -199,8 +199,6 @@ def _require_method(config: ClustersConfig) -> None:
         )
 
 
-def _write_json(path: Path, record: dict) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+def _write_json(path: str, record: dict) -> None:
+    loc.write_text(path, json.dumps(record, indent=2) + "\n")  # atomic
     log.info("wrote %s", path)

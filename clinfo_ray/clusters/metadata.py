@@ -12,22 +12,23 @@ import pyarrow.dataset as pads
 
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import check_format_version
+from clinfo_ray.storage import location as loc
 
 from .statistics import UNLABELLED
 
 
-def parquet_files(data_dir: str | Path) -> list[Path]:
-    """The dataset's Parquet shards, sorted; an error when `data_dir` is not a dataset (of this
-    format version)."""
-    root = Path(data_dir)
-    if not (root / C.MANIFEST).is_file():
-        raise FileNotFoundError(f"{root} is not a clinfo-ray dataset: no {C.MANIFEST} in it")
-    check_format_version(json.loads((root / C.MANIFEST).read_text()).get("format_version"), root)
-    files = sorted(
-        path
-        for path in root.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
-    )
+def parquet_files(data_dir: str | Path) -> list[str]:
+    """The dataset's Parquet shards, sorted (paths, or URIs for a folder named by one); an
+    error when `data_dir` is not a dataset (of this format version)."""
+    root = str(data_dir)
+    try:
+        manifest = json.loads(loc.read_text(loc.join(root, C.MANIFEST)))
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(
+            f"{root} is not a clinfo-ray dataset: no {C.MANIFEST} in it"
+        ) from None
+    check_format_version(manifest.get("format_version"), root)
+    files = loc.list_files(root, ".parquet")
     if not files:
         raise FileNotFoundError(f"{root} holds a {C.MANIFEST} but no .parquet shards")
     return files
@@ -46,7 +47,8 @@ def read_metadata(
     columns = [label_column if swap and c == C.LABEL else c for c in wanted]
     unknown = sorted(set(columns) - set(C.SCHEMA.names))
     files = parquet_files(data_dir)
-    dataset = pads.dataset([str(path) for path in files], format="parquet")
+    filesystem, paths = loc.resolve_files(files)
+    dataset = pads.dataset(paths, format="parquet", filesystem=filesystem)
     missing = sorted(set(columns) - set(dataset.schema.names))
     if missing:
         hint = f" (the dataset format has no column {unknown[0]!r})" if unknown else ""

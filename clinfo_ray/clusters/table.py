@@ -7,7 +7,6 @@ example, so that a table made elsewhere (by hand, by another tool) fails before 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clinfo_ray.data import columns as C
+from clinfo_ray.storage import location as loc
 
 
 class ClusterTableError(ValueError):
@@ -38,9 +38,9 @@ def with_singletons(codes: np.ndarray, alone: np.ndarray) -> np.ndarray:
     return contiguous(codes)
 
 
-def write_table(path: str | Path, ids: pa.Array | pa.ChunkedArray, clusters: np.ndarray) -> Path:
-    """Write an assignment table atomically (a temporary file renamed into place)."""
-    path = Path(path)
+def write_table(path: str | Path, ids: pa.Array | pa.ChunkedArray, clusters: np.ndarray) -> str:
+    """Write an assignment table atomically (a temporary file renamed into place, or uploaded
+    as one object) at a local path or a URI; returns where."""
     clusters = np.asarray(clusters)
     if len(ids) != len(clusters):
         raise ValueError(f"{len(ids)} ids but {len(clusters)} clusters")
@@ -48,11 +48,9 @@ def write_table(path: str | Path, ids: pa.Array | pa.ChunkedArray, clusters: np.
         {C.ID: pa.array(ids, type=pa.string()), C.CLUSTER: pa.array(clusters, type=pa.int64())},
         schema=C.CLUSTER_SCHEMA,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    pq.write_table(table, partial)
-    partial.replace(path)
-    return path
+    with loc.local_output(path) as partial:
+        pq.write_table(table, partial)
+    return str(path)
 
 
 def read_table(path: str | Path) -> pa.Table:
@@ -60,17 +58,17 @@ def read_table(path: str | Path) -> pa.Table:
 
     Call `validate_table` before using it: it checks types, completeness and contiguity.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not loc.is_file(path):
         raise FileNotFoundError(f"no cluster table at {path}")
-    schema = pq.read_schema(path)
+    filesystem, on_fs = loc.resolve(path)
+    schema = pq.read_schema(on_fs, filesystem=filesystem)
     missing = [name for name in (C.ID, C.CLUSTER) if name not in schema.names]
     if missing:
         raise ClusterTableError(
             f"{path}: a cluster table needs columns {C.ID!r} and {C.CLUSTER!r}; "
             f"{missing[0]!r} is missing (columns: {', '.join(schema.names)})"
         )
-    return pq.read_table(path, columns=[C.ID, C.CLUSTER])
+    return pq.read_table(on_fs, columns=[C.ID, C.CLUSTER], filesystem=filesystem)
 
 
 def validate_table(table: pa.Table, dataset_ids: pa.Array | pa.ChunkedArray) -> pa.Table:

@@ -68,6 +68,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """What it reads and writes (checked inside a submitted job); it writes no run."""
+    from clinfo_ray.commands.common import train_locations
+
+    found = train_locations(config_from_args(args), output=False)
+    return {
+        **found,
+        "--out": args.out,
+        "--stats-only": args.stats_only,
+        "--checkpoint": args.checkpoint,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from clinfo_ray.clusters.build import build_clusters, statistics_of_table, stats_path
     from clinfo_ray.clusters.table import ClusterTableError
@@ -76,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
+        _check_uris(cfg, args)
         if args.stats_only:
             record = statistics_of_table(
                 args.stats_only, cfg.data.dataset_dir, label_column=cfg.data.label_column
@@ -104,6 +118,18 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({key: record[key] for key in SUMMARY_KEYS}, indent=2))
     print(f"wrote {args.out} and {stats_path(args.out)}")
     return 0
+
+
+def _check_uris(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    """Locations given as URIs (s3://...), before Ray starts: the bucket, credentials and
+    endpoint; a dataset's manifest; that the table's folder can be written."""
+    from clinfo_ray.data import columns as C
+    from clinfo_ray.storage import location as loc
+    from clinfo_ray.storage.checks import check_remote
+
+    check_remote("data.dataset_dir", cfg.data.dataset_dir, "folder", C.MANIFEST)
+    check_remote("--stats-only", args.stats_only, "file")
+    check_remote("--out", loc.parent(args.out) if args.out else None, "output")
 
 
 def _checkpoint_embeddings(checkpoint: str, cfg: TrainConfig, address: str | None) -> Any:

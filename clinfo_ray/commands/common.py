@@ -1,11 +1,15 @@
-"""What every command and job shares: the one Ray connection policy, the logging setup, and
-how an error ends a command (one line on stderr)."""
+"""What every command and job shares: the one Ray connection policy, the logging setup, the
+check of a submitted job's locations, and how an error ends a command (one line on stderr)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clinfo_ray.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,66 @@ def connect_ray(address: str | None = None, *, cpus_needed: float = 0.0) -> None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     data_context.print_on_execution_start = False
+
+
+# Ray's job supervisor hands a submitted job's entrypoint its job config (runtime env, metadata
+# with the submission id) in this variable, before any ray.init; the job's tasks and actors do
+# not get it, and a driver started any other way does not have it.
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submitted_job() -> str | None:
+    """The submission id when this process is the entrypoint of a ``ray job submit`` job
+    (``"?"`` when Ray gave none), else None."""
+    import json
+
+    raw = os.environ.get(JOB_CONFIG_VAR)
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        metadata = {}
+    return str(metadata.get("job_submission_id") or "?")
+
+
+def is_shared_location(location: str) -> bool:
+    """An absolute path or a URI (``s3://bucket/...``): what names the same data on every node."""
+    return "://" in location or os.path.isabs(location)
+
+
+def check_job_locations(locations: dict[str, Any]) -> None:
+    """Inside a submitted job, a one-line ConfigError for the first relative location
+    (name -> a location, a list of them, or None); outside one, nothing.
+
+    A job runs in Ray's temporary copy of its ``--working-dir`` upload (which leaves out what
+    .gitignore names, ``data/`` and ``runs/``), deleted when the job ends and not the folder
+    other nodes see: a relative input is not found there, a relative output is lost."""
+    job = submitted_job()
+    if job is None:
+        return
+    from clinfo_ray.config import ConfigError
+
+    for name, value in locations.items():
+        for location in value if isinstance(value, list | tuple) else [value]:
+            if location is None or is_shared_location(str(location)):
+                continue
+            raise ConfigError(
+                f"{name}: {str(location)!r} is relative, but this runs inside the Ray job "
+                f"{job}, whose working directory is Ray's temporary copy of the upload, not "
+                "seen by other nodes and deleted with the job: pass an absolute path every "
+                "node mounts (e.g. /mnt/shared/...) or a bucket URI (s3://...)",
+                key=name if "." in name and not name.startswith("-") else None,
+            )
+
+
+def train_locations(cfg: TrainConfig, *, output: bool = True) -> dict[str, Any]:
+    """The locations a training config reads (and, with ``output``, writes)."""
+    found: dict[str, Any] = {"data.dataset_dir": cfg.data.dataset_dir}
+    if output:
+        found["run.output_dir"] = cfg.run.output_dir
+    found["clusters.table_path"] = cfg.clusters.table_path
+    return found
 
 
 def fail(command: str, message: object, status: int = 2) -> int:

@@ -6,8 +6,12 @@ search chose on validation): prepares the dataset when missing (npm packages, ca
 both on a local Ray with 2 Train workers, evaluates each once as the study does (the linear
 probe's setting chosen by cross-validation on the fitting rows, then the validation and the test
 split scored once each; kNN beside it), and prints a table;
-the same rows go to ``runs/demo/summary.json``. Running it again resumes or reuses finished
-runs of the same names (``--fresh`` starts over). ``clinfo-ray demo`` (what ``make demo`` runs).
+the same rows go to ``runs/demo/summary.json``. Then it embeds the train and test splits with
+each method's checkpoint (what ``clinfo-ray embed`` does, into ``runs/demo/embeddings/METHOD``)
+and draws the nearest training images of the same test images for both methods side by side
+(what ``clinfo-ray neighbors`` does), framed by the downstream label; the picture's path is the
+last line it prints. Running it again resumes or reuses finished runs of the same names
+(``--fresh`` starts over). ``clinfo-ray demo`` (what ``make demo`` runs).
 """
 
 from __future__ import annotations
@@ -15,14 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clinfo_ray.config import TrainConfig
+    from clinfo_ray.study.spec import Study
+
+    Trained = list[tuple[str, TrainConfig, Path]]  # (method, its trial config, last checkpoint)
 
 DEMO_STUDY = "study_cpu"  # clinfo_ray/configs/studies/study_cpu.yaml
 DEMO_METHODS = ("tfidf-k100", "simclr")  # two of its methods: the same budget, other clusters
 SCORES = ("val_linear_top1", "val_knn_top1", "test_linear_top1", "test_knn_top1")
+# The neighbours picture: the same test queries for every method, drawn with a fixed seed.
+NEIGHBOR_QUERIES, NEIGHBOR_K, NEIGHBOR_SEED = 8, 5, 0
+PICTURE = "neighbors.png"  # under --out
+LOSS_NAMES = {"clinfonce": "Cl-InfoNCE", "simclr": "SimCLR"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,43 +98,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from clinfo_ray.commands.common import connect_ray, fail
-    from clinfo_ray.commands.study import ensure_dataset
-    from clinfo_ray.config import ConfigError, apply_overrides, parse_set_overrides
-    from clinfo_ray.study.study_file import load_study
-
-    logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress lines
-    try:
-        study = load_study(args.study, parse_set_overrides(args.overrides))
-        methods = [m for m in args.methods.split(",") if m]
-        unknown = [m for m in methods if m not in {x.name for x in study.methods}]
-        if unknown or not methods:
-            known = ", ".join(m.name for m in study.methods)
-            raise ConfigError(f"--methods: {unknown or methods} not in {study.name} ({known})")
-    except ConfigError as err:
-        return fail("demo", err)
-    out = Path(args.out).resolve()
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
+def train_and_evaluate(
+    study: Study, methods: list[str], seed: int, out: Path
+) -> tuple[list[dict[str, Any]], Trained]:
+    """Train and evaluate each method of ``study`` at ``seed`` into ``out/METHOD``, printing
+    progress: the summary rows, and each method's (name, config, last checkpoint)."""
+    from clinfo_ray.config import apply_overrides
     from clinfo_ray.study.evaluate import cluster_information, evaluate_trial
     from clinfo_ray.training.launch import train
 
-    base = study.base
-    connect_ray(cpus_needed=base.run.num_workers * base.run.cpus_per_worker)
-    manifest = ensure_dataset(study)
-    coarse = base.data.label_column == "coarse_label"
-    classes = len(manifest.coarse_class_names if coarse else manifest.class_names)
-    print(
-        f"{base.data.dataset_dir}: {manifest.rows} rows, {classes} classes of "
-        f"{base.data.label_column} (the setting of {study.name})",
-        flush=True,
-    )
-    rows = []
+    rows: list[dict[str, Any]] = []
+    trained: Trained = []
     for method in methods:
         cfg = apply_overrides(
-            study.trial_config(method, args.seed),
-            {"run.output_dir": str(out), "run.name": method},
+            study.trial_config(method, seed), {"run.output_dir": str(out), "run.name": method}
         )
         workers = cfg.run.num_workers
         print(f"training {method}: {cfg.optim.epochs} epochs, {workers} workers ...", flush=True)
@@ -131,8 +123,109 @@ def run(args: argparse.Namespace) -> int:
         scores = evaluate_trial(cfg, outcome.checkpoint, study.probe, evaluate_test=True)
         clusters = cluster_information(outcome.run_dir, outcome.cluster_stats)
         rows.append(summary_row(method, study.method(method).about, cfg, clusters, scores, seconds))
+        trained.append((method, cfg, outcome.checkpoint))
         print(f"  done in {seconds:.0f} s", flush=True)
+    return rows, trained
+
+
+def picture_name(method: str, loss: str) -> str:
+    """A method's name on the picture: its loss, and the study's name for it when that adds
+    something (``Cl-InfoNCE (tfidf-k100)``, ``SimCLR``)."""
+    shown = LOSS_NAMES.get(loss, loss)
+    return shown if shown.lower() == method.lower() else f"{shown} ({method})"
+
+
+def neighbors_picture(trained: Trained, out: Path) -> dict[str, float]:
+    """Embed the train and test splits with each (method, config, checkpoint) as ``clinfo-ray
+    embed`` does (Parquet in ``out/embeddings/METHOD``, an earlier demo's replaced), then draw
+    the same test queries' nearest training images for every method side by side as
+    ``clinfo-ray neighbors`` does, into ``out/neighbors.png``, frames by the configs' downstream
+    label. Returns each method's share of neighbours with the query's label. Needs Ray."""
+    from clinfo_ray.data import columns as C
+    from clinfo_ray.evaluation.embed import DatasetImages
+    from clinfo_ray.evaluation.embed_output import write_embeddings
+    from clinfo_ray.evaluation.encoder_source import CheckpointEncoder
+    from clinfo_ray.evaluation.neighbors import draw_neighbors, read_embeddings
+
+    sets = []
+    for method, cfg, checkpoint in trained:
+        folder, splits = out / "embeddings" / method, [C.TRAIN, C.TEST]
+        data = str(Path(cfg.data.dataset_dir).resolve())
+        command = ["clinfo-ray", "embed", "--checkpoint", str(checkpoint), "--data", data]
+        command += ["--splits", ",".join(splits), "--out", str(folder), "--overwrite"]
+        write_embeddings(
+            DatasetImages.checked(data, splits, cfg.data.label_column),
+            CheckpointEncoder.checked(checkpoint),
+            cfg.eval,  # the checkpoint's eval section, as embed's defaults
+            str(folder),
+            command=shlex.join(command),
+            overwrite=True,
+        )
+        sets.append(read_embeddings(folder, picture_name(method, cfg.loss.method)))
+    first = trained[0][1]
+    return draw_neighbors(
+        sets,
+        first.data.dataset_dir,
+        out / PICTURE,
+        queries=NEIGHBOR_QUERIES,
+        k=NEIGHBOR_K,
+        seed=NEIGHBOR_SEED,
+        label_column=first.data.label_column,
+    )
+
+
+def neighbors_lines(agreement: dict[str, float], label: str, seed: int, picture: Path) -> str:
+    """What the demo prints last: how the picture was drawn, each method's share of green
+    frames, and the picture's path (the last line)."""
+    lines = [
+        f"\nnearest neighbours: {NEIGHBOR_QUERIES} test images (drawn with seed {NEIGHBOR_SEED}), "
+        f"each with its {NEIGHBOR_K} nearest training images by cosine similarity, for each "
+        f"method's seed-{seed} checkpoint; a green frame: the same {label} as the query"
+    ]
+    lines += [
+        f"  {name}: {share:.3f} of the neighbours are green" for name, share in agreement.items()
+    ]
+    lines.append(f"neighbours picture: {picture}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clinfo_ray.commands.common import connect_ray, fail
+    from clinfo_ray.config import ConfigError, parse_set_overrides
+    from clinfo_ray.data.write.sources.source_table import PrepareError
+    from clinfo_ray.study.run import dataset_to_prepare, ensure_dataset
+    from clinfo_ray.study.study_file import load_study
+
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress lines
+    try:
+        study = load_study(args.study, parse_set_overrides(args.overrides))
+        methods = [m for m in args.methods.split(",") if m]
+        unknown = [m for m in methods if m not in {x.name for x in study.methods}]
+        if unknown or not methods:
+            known = ", ".join(m.name for m in study.methods)
+            raise ConfigError(f"--methods: {unknown or methods} not in {study.name} ({known})")
+        source = dataset_to_prepare(study)  # no npm, no network: fails here, before Ray
+    except (ConfigError, PrepareError) as err:
+        return fail("demo", err)
+    out = Path(args.out).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    base = study.base
+    connect_ray(cpus_needed=base.run.num_workers * base.run.cpus_per_worker)
+    manifest = ensure_dataset(study, source)
+    coarse = base.data.label_column == "coarse_label"
+    classes = len(manifest.coarse_class_names if coarse else manifest.class_names)
+    print(
+        f"{base.data.dataset_dir}: {manifest.rows} rows, {classes} classes of "
+        f"{base.data.label_column} (the setting of {study.name})",
+        flush=True,
+    )
+    rows, trained = train_and_evaluate(study, methods, args.seed, out)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print("embedding train and test with each checkpoint, drawing their neighbours ...", flush=True)
+    started = time.perf_counter()
+    agreement = neighbors_picture(trained, out)
+    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
     print()
     print(format_table(rows))
     print(
@@ -145,4 +238,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"summary: {out / 'summary.json'}")
     print(f"tensorboard --logdir {out}")
+    print(neighbors_lines(agreement, trained[0][1].data.label_column, args.seed, out / PICTURE))
     return 0

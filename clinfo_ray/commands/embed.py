@@ -82,7 +82,14 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, EvalConfig]:
     from clinfo_ray.evaluation.embed import DatasetImages, FolderImages
     from clinfo_ray.evaluation.embed_output import check_out
     from clinfo_ray.evaluation.encoder_source import CheckpointEncoder, ExportedEncoder
+    from clinfo_ray.storage.checks import check_remote
 
+    # URIs (s3://...) first: bucket, credentials, endpoint, access, the marker of each input
+    check_remote("--checkpoint", args.checkpoint, "folder", "state.json")
+    check_remote("--encoder", args.encoder, "folder", "preprocess.json")
+    check_remote("--data", args.data, "folder", "manifest.json")
+    check_remote("--images", args.images, "folder")
+    check_remote("--out", args.out, "output")
     if args.checkpoint:
         from clinfo_ray.checkpointing import read_checkpoint_state
 
@@ -101,6 +108,12 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, EvalConfig]:
         images = DatasetImages.checked(args.data, splits, config.data.label_column)
     check_out(args.out, overwrite=args.overwrite)
     return encoder, images, config.eval
+
+
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """What it reads and writes (checked inside a submitted job)."""
+    names = ("checkpoint", "encoder", "data", "images", "out")
+    return {f"--{name}": getattr(args, name) for name in names}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from clinfo_ray.commands.flags import add_address_argument, add_section_flags, flag_overrides
 from clinfo_ray.config import EvalConfig
@@ -33,12 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """What it reads and writes (checked inside a submitted job)."""
+    return {"--checkpoint": args.checkpoint, "--data": args.data, "--out": args.out}
+
+
 def run(args: argparse.Namespace) -> int:
     from clinfo_ray.checkpointing import CheckpointError, read_checkpoint_state
     from clinfo_ray.commands.common import connect_ray, fail
     from clinfo_ray.config import ConfigError, apply_overrides, parse_set_overrides
+    from clinfo_ray.storage.checks import LocationError, check_remote
 
     try:
+        # URIs (s3://...) first: bucket, credentials, endpoint, access, each input's marker
+        check_remote("--checkpoint", args.checkpoint, "folder", "state.json")
+        check_remote("--data", args.data, "folder", "manifest.json")
+        check_remote("--out", args.out, "output")
         config = read_checkpoint_state(args.checkpoint).train_config()
         overrides = parse_set_overrides(flag_overrides(args))
         for key in overrides:
@@ -47,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data:
             overrides["data.dataset_dir"] = args.data
         config = apply_overrides(config, overrides, source="--set")
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, LocationError) as err:
         return fail("eval", err)
     from clinfo_ray.evaluation.evaluate import evaluate_checkpoint
 

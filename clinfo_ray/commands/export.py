@@ -8,6 +8,7 @@ layout is in :mod:`clinfo_ray.export`); no Ray is started. Prints the path of pr
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """What it reads and writes (checked inside a submitted job)."""
+    return {"--checkpoint": args.checkpoint, "--out": args.out}
+
+
 def run(args: argparse.Namespace) -> int:
     from clinfo_ray.checkpointing import CheckpointError
     from clinfo_ray.commands.common import fail
     from clinfo_ray.config import ConfigError
     from clinfo_ray.export import ExportError, export_encoder
     from clinfo_ray.export.description import PREPROCESS_FILE
+    from clinfo_ray.storage.checks import LocationError, check_remote
 
     try:
+        check_remote("--checkpoint", args.checkpoint, "folder", "state.json")  # a URI: s3://...
+        check_remote("--out", args.out, "output")
         export_encoder(
             args.checkpoint,
             args.out,
@@ -41,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             onnx=args.onnx,
             overwrite=args.overwrite,
         )
-    except (CheckpointError, ConfigError, ExportError) as err:
+    except (CheckpointError, ConfigError, ExportError, LocationError) as err:
         return fail("export", err)
     print(f"{args.out.rstrip('/')}/{PREPROCESS_FILE}")
     return 0

@@ -124,13 +124,23 @@ def add_section_flags(
             )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """``--config FILE|NAME`` and the repeatable ``--set dotted.key=value``."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    config_help: str | None = None,
+    set_example: str = "optim.epochs=10",
+) -> None:
+    """``--config FILE|NAME`` (``config_help``: the help, default: a training config, naming
+    the bundled ones as they are today) and the repeatable ``--set dotted.key=value``."""
+    from clinfo_ray.config import bundled_configs
+
+    bundled = ", ".join(bundled_configs())
     parser.add_argument(
         "--config",
         required=required,
         metavar="FILE",
-        help="YAML config: a path, or the name of a bundled one (quickstart, gpu_resnet50)",
+        help=config_help or f"YAML config: a path, or the name of a bundled one ({bundled})",
     )
     parser.add_argument(
         "--set",
@@ -138,7 +148,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Fa
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value by its dotted key, e.g. --set optim.epochs=10 "
+        help=f"override one config value by its dotted key, e.g. --set {set_example} "
         "(repeatable; wins over the file and the flags)",
     )
 

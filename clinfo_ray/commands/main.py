@@ -3,6 +3,8 @@
 Each subcommand is a module of this package defining ``add_arguments(parser)`` and
 ``run(args) -> int``; it imports heavy packages (torch, ray) only inside ``run``. The jobs of
 ``jobs/`` call :func:`main` with their subcommand's name, so a job and a command are one thing.
+A command with a job also defines ``locations(args)``: the data and run locations it reads and
+writes, which inside a submitted job must be absolute paths or URIs (checked here, before Ray).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import sys
 from typing import Any
 
-from clinfo_ray.commands.common import setup_logging
+from clinfo_ray.commands.common import check_job_locations, fail, setup_logging, submitted_job
 
 # subcommand -> one-line help; the module is clinfo_ray.commands.<name>
 COMMANDS: dict[str, str] = {
@@ -45,7 +47,15 @@ def build_parser(prog: str = "clinfo-ray") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return int(_module(args.command).run(args) or 0)
+    module = _module(args.command)
+    if submitted_job() is not None and hasattr(module, "locations"):
+        from clinfo_ray.config import ConfigError
+
+        try:  # a relative location would name Ray's temporary copy of the upload
+            check_job_locations(module.locations(args))
+        except ConfigError as err:
+            return fail(args.command, err)
+    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ No Ray: faiss on this machine (a GPU when faiss sees one).
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("label", "coarse_label"),
         help="the label the frames compare (default: label)",
     )
+
+
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """What it reads and writes (checked inside a submitted job)."""
+    return {"--embeddings": args.embeddings, "--data": args.data, "--out": args.out}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,12 +30,14 @@ META_FILE = "meta.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clinfo_ray.study.spec import STUDIES_DIR
+
+    bundled = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
     parser.add_argument(
         "--config",
         required=True,
         metavar="FILE",
-        help="the study: a YAML path, or the name of a bundled one (study_cpu, study_gpu, "
-        "study_setting_cpu)",
+        help=f"the study: a YAML path, or the name of a bundled one ({bundled})",
     )
     parser.add_argument(
         "--set",
@@ -79,6 +81,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trials run at once (default: what the cluster's CPUs and GPUs fit)",
     )
     add_address_argument(parser)
+
+
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """The study's dataset and runs, --out and --page (checked inside a submitted job)."""
+    from clinfo_ray.commands.common import train_locations
+    from clinfo_ray.config import parse_set_overrides
+    from clinfo_ray.study.study_file import load_study
+
+    study = load_study(args.config, parse_set_overrides(args.set), quick=args.quick)
+    return {**train_locations(study.base), "--out": args.out, "--page": args.page}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,45 +177,25 @@ class WallClock:
 def _train(study: Study, args: argparse.Namespace) -> int:
     from clinfo_ray.commands.common import connect_ray, fail
     from clinfo_ray.config import ConfigError
-    from clinfo_ray.data.columns import MANIFEST
+    from clinfo_ray.data.write.sources.source_table import PrepareError
+    from clinfo_ray.study.run import dataset_to_prepare, ensure_dataset
     from clinfo_ray.training.launch import check_before_ray
     from clinfo_ray.tuning.search import trial_resources
 
-    data_dir = Path(study.base.data.dataset_dir)
-    needs_data = not (data_dir / MANIFEST).is_file()
-    if needs_data and study.prepare is None:
-        return fail(
-            "study",
-            f"data.dataset_dir: {data_dir} holds no dataset and the study has no 'prepare' "
-            "section to make it",
-        )
     try:
-        if not needs_data:
+        # a source that is missing (Fashion-MNIST's files, npm) fails here, before Ray starts
+        source = dataset_to_prepare(study)
+        if source is None:
             for trial in study.grid():
                 check_before_ray(study.trial_config(**trial))
-    except ConfigError as err:
+    except (ConfigError, PrepareError) as err:
         return fail("study", err)
+    except (FileNotFoundError, ValueError) as err:  # no dataset and no 'prepare' section
+        return fail("study", f"data.dataset_dir: {err}")
     one_trial = trial_resources(study.base, gpu=False)["CPU"]
     connect_ray(args.address, cpus_needed=one_trial * (args.max_concurrent or 1))
-    ensure_dataset(study)
+    ensure_dataset(study, source)
     return _grid(study, args.max_concurrent)
-
-
-def ensure_dataset(study: Study) -> Any:
-    """The study's dataset manifest; prepared from the study's ``prepare`` section when the
-    folder holds none (or one of an older format). Ray must be connected."""
-    from clinfo_ray.data.manifest import read_manifest
-    from clinfo_ray.data.write.prepare import prepare
-
-    folder = study.base.data.dataset_dir
-    try:
-        return read_manifest(folder)
-    except (FileNotFoundError, ValueError) as err:
-        if study.prepare is None:
-            raise
-        print(f"{err}: preparing {folder} from {study.prepare.source} ...", flush=True)
-    prepare(dataclasses.replace(study.prepare, out=folder, overwrite=True))
-    return read_manifest(folder)
 
 
 def _grid(study: Study, max_concurrent: int | None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from clinfo_ray.commands.flags import add_address_argument, add_config_arguments, flag_overrides
 
@@ -15,6 +16,14 @@ from clinfo_ray.commands.flags import add_address_argument, add_config_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, required=True)
     add_address_argument(parser)
+
+
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's dataset, output folder and cluster table (checked inside a submitted job)."""
+    from clinfo_ray.commands.common import train_locations
+    from clinfo_ray.config import load_config
+
+    return train_locations(load_config(args.config, flag_overrides(args)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     connect_ray(args.address, cpus_needed=cfg.run.num_workers * cfg.run.cpus_per_worker)
     outcome = train(cfg)
-    summary = {
-        "run_dir": str(outcome.run_dir),
-        "checkpoint": str(outcome.checkpoint) if outcome.checkpoint else None,
+    summary = {  # local paths, or URIs for a run in a bucket
+        "run_dir": outcome.run_uri,
+        "checkpoint": outcome.checkpoint_uri,
         "metrics": outcome.metrics,
     }
     print(json.dumps(summary, indent=2, default=str))
-    print(f"tensorboard --logdir {outcome.run_dir / 'tensorboard'}")
+    print(f"tensorboard --logdir {outcome.run_uri.rstrip('/')}/tensorboard")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clinfo_ray.commands.flags import add_address_argument, add_config_arguments, flag_overrides
 
@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clinfo_ray.tuning.space import SPACES_DIR
+
+    shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
     parser.add_argument(
         "--space",
         required=True,
         metavar="FILE",
-        help="search space YAML: a path, or the name of one in tune_spaces/ "
-        "(clusters_temperature, kmeans_k, lr_temperature)",
+        help=f"search space YAML: a path, or the name of one in tune_spaces/ ({shipped})",
     )
     add_config_arguments(parser, required=True)
     parser.add_argument(
@@ -83,6 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "optuna extra: pip install 'clinfo-ray[optuna]')",
     )
     add_address_argument(parser)
+
+
+def locations(args: argparse.Namespace) -> dict[str, Any]:
+    """The trials' dataset, output folder and cluster table: the base config with the space's
+    ``set:`` and the flags (checked inside a submitted job)."""
+    from clinfo_ray.commands.common import train_locations
+    from clinfo_ray.config import load_config, parse_set_overrides
+    from clinfo_ray.tuning.space import load_space
+
+    items = flag_overrides(args)
+    cli = parse_set_overrides(items)
+    space = load_space(args.space, load_config(args.config, items), cli)
+    return train_locations(space.base_config(load_config(args.config, items), cli))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,11 @@ class DataConfig(_Section):
     # on a GPU the augmentation is nearly free, on a small CPU machine it saves the hand-over).
     augment_on: Literal["ray_data", "worker"] = "ray_data"
     batch_size_per_worker: int = 128  # images (not views) per worker step
+    # Gradient caching: each worker's batch goes through the model in micro-batches of this many
+    # images (activation memory: one micro-batch's), the loss stays one over the global batch;
+    # BatchNorm normalises each micro-batch apart (as DDP's per-device BatchNorm each device's
+    # batch). None: the whole batch in one pass. clinfo_ray/training/grad_cache.py
+    micro_batch_size: int | None = None
     # How the decoded images are kept between epochs (D = the decode side):
     #   "none":         Ray Data reads and decodes the Parquet again every epoch (any size of set)
     #   "object_store": decoded once into Ray's object store (N·3·D² bytes in all), one object
@@ -82,6 +87,10 @@ class DataConfig(_Section):
         self._require(0.0 <= self.color_jitter_prob <= 1.0, "color_jitter_prob", "in [0, 1]")
         self._require(0.0 <= self.grayscale_prob <= 1.0, "grayscale_prob", "in [0, 1]")
         self._require(self.batch_size_per_worker >= 1, "batch_size_per_worker", ">= 1")
+        micro, batch = self.micro_batch_size, self.batch_size_per_worker
+        ok = micro is None or (micro >= 1 and batch % micro == 0)
+        rule = f"null, or >= 1 and a divisor of data.batch_size_per_worker ({batch})"
+        self._require(ok, "micro_batch_size", rule)
 
     @property
     def decode_side_bound(self) -> int:
@@ -339,7 +348,7 @@ class PrepareConfig(_Section):
     # the same rows whatever seed); the test split stays whole. None keeps every image. For a
     # study of a large set (Fashion-MNIST's 60,000) within a small machine's budget.
     train_per_class: int | None = None
-    cache: str | None = None  # npm download cache (None: $CLINFO_RAY_CACHE or ~/.cache)
+    cache: str | None = None  # npm download cache (None: $CLINFO_RAY_CACHE or ~/.cache/clinfo-ray)
     shard_size: int = 2000  # rows per Parquet file
     overwrite: bool = False  # replace an existing folder
     seed: int = 0  # seed of the order the rows are written in (not of the split)

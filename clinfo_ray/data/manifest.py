@@ -1,4 +1,7 @@
-"""``manifest.json``: what a prepared dataset folder holds; written last, so it means done."""
+"""``manifest.json``: what a prepared dataset folder holds; written last, so it means done.
+
+A folder is a local path or a URI (``s3://bucket/emoji``): everything here goes through
+:mod:`clinfo_ray.storage.location`."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clinfo_ray.data import columns as C
+from clinfo_ray.storage import location as loc
 
 
 def check_format_version(found: object, folder: str | Path | None = None) -> None:
@@ -60,32 +64,40 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / C.MANIFEST
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+    def write(self, folder: str | Path) -> str:
+        """Write ``folder/manifest.json`` atomically (after every shard: it means done)."""
+        path = loc.join(folder, C.MANIFEST)
+        loc.write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return path
 
 
 def read_manifest(folder: str | Path) -> Manifest:
     """Read ``folder/manifest.json``; a folder without one is not a (finished) dataset."""
-    path = Path(folder) / C.MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {C.MANIFEST}; not a prepared clinfo-ray dataset")
-    raw = json.loads(path.read_text())
+    try:
+        text = loc.read_text(loc.join(folder, C.MANIFEST))
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(
+            f"{folder}: no {C.MANIFEST}; not a prepared clinfo-ray dataset (write it with "
+            f"`clinfo-ray prepare SOURCE --out {folder}`; the quickstart's data/emoji: "
+            "`clinfo-ray prepare emoji --out data/emoji`; `clinfo-ray prepare --help` lists "
+            "the sources)"
+        ) from None
+    raw = json.loads(text)
     check_format_version(raw.get("format_version"), folder)  # before fields it may lack
     return Manifest(**raw)
 
 
 def split_files(folder: str | Path, split: str) -> list[str]:
-    """Absolute paths of the Parquet shards of one split."""
+    """The Parquet shards of one split: absolute paths, or URIs for a folder given as one."""
     manifest = read_manifest(folder)
     if split not in manifest.files:
         raise ValueError(f"split: {split!r} is not in {sorted(manifest.files)}")
-    return [str(Path(folder) / name) for name in manifest.files[split]]
+    return [loc.join(folder, name) for name in manifest.files[split]]
 
 
 def sorted_ids(files: list[str]) -> pa.Array:
     """The image ids of a split's Parquet files, sorted: an image's ``index`` (what the stream,
     the cluster state and the validation mask use) is its position here."""
-    ids = pq.read_table(files, columns=[C.ID]).column(C.ID)
+    filesystem, paths = loc.resolve_files(files)
+    ids = pq.read_table(paths, columns=[C.ID], filesystem=filesystem).column(C.ID)
     return pc.take(ids, pc.sort_indices(ids)).combine_chunks()

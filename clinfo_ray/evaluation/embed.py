@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 import torch
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ from clinfo_ray.data.manifest import read_manifest
 from clinfo_ray.devices import ray_uses_gpu
 from clinfo_ray.evaluation.decode_rows import FOLDER_SPLIT, IMAGE_U8, DecodeFiles, DecodeImages
 from clinfo_ray.evaluation.encoder_source import EncoderSource
+from clinfo_ray.storage import location as loc
 
 EMBEDDING = "embedding"  # fixed_size_list<float32>[D]
 # What a decode task reserves besides its batch: a Ray Data task worker with pyarrow and PIL
@@ -63,11 +63,7 @@ def embedding_schema(dimension: int) -> pa.Schema:
 
 def location(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a local path (made absolute) or a URI (``s3://...``)."""
-    text = str(path)
-    if "://" in text:
-        fs, inner = pafs.FileSystem.from_uri(text)
-        return fs, inner
-    return pafs.LocalFileSystem(), str(Path(text).resolve())
+    return loc.resolve(path)
 
 
 def _decode(ds: ray.data.Dataset, decode: Any, size: int, batch_size: int) -> ray.data.Dataset:
@@ -103,26 +99,25 @@ class DatasetImages:
 
     def _files(self) -> dict[str, list[str]]:
         files = read_manifest(self.data_dir).files
-        return {
-            split: [str(Path(self.data_dir) / f) for f in files[split]] for split in self.splits
-        }
+        return {split: [loc.join(self.data_dir, f) for f in files[split]] for split in self.splits}
 
     def input_rows(self) -> dict[str, int]:
         """Rows of each split before decoding, from the Parquet footers."""
         return {
-            split: sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            split: sum(loc.open_parquet(f).metadata.num_rows for f in files)
             for split, files in self._files().items()
         }
 
     def describe(self) -> dict[str, Any]:
-        return {"data": str(Path(self.data_dir).resolve()), "label_column": self.label_column}
+        return {"data": loc.absolute(self.data_dir), "label_column": self.label_column}
 
     def decoded(self, size: int, batch_size: int) -> ray.data.Dataset:
         files = [f for names in self._files().values() for f in names]
         if not files:
             raise ValueError(f"{self.data_dir}: no Parquet files in split(s) {list(self.splits)}")
         columns = [C.ID, C.IMAGE, self.label_column, C.SPLIT]
-        ds = ray.data.read_parquet(files).select_columns(columns)  # pushed into the read
+        fs, paths = loc.resolve_files(files)  # a local folder or a bucket
+        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)  # pushed down
         return _decode(ds, DecodeImages(size, self.label_column), size, batch_size)
 
 

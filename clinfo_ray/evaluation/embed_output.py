@@ -11,7 +11,8 @@ the object store); nothing passes through the driver, whose memory stays flat in
 images. The counts are then read back from the shards (one file's ``split`` column at a time):
 the rows written, and the source's rows minus those, the images that failed to decode. Exact:
 a decode task retried by Ray is not counted twice, as a counter kept by the tasks would be.
-The manifest is written to a temporary name and renamed: an OUT with a manifest is complete.
+The manifest is written last and atomically (renamed into place, or one object in a bucket):
+an OUT with a manifest is complete. OUT may be a local folder or a URI (``s3://...``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from clinfo_ray.evaluation.embed import (
     location,
 )
 from clinfo_ray.evaluation.encoder_source import EncoderSource
+from clinfo_ray.storage import location as loc
 
 MANIFEST = "manifest.json"
 FORMAT = "clinfo-ray embeddings"
@@ -92,11 +94,8 @@ def _read_back(out: str) -> tuple[Counter[str], pa.Schema | None, list[str]]:
 
 
 def _write_manifest(out: str, manifest: dict[str, Any]) -> None:
-    fs, root = location(out)
-    partial, final = f"{root}/.{MANIFEST}.tmp", f"{root}/{MANIFEST}"
-    with fs.open_output_stream(partial) as stream:
-        stream.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    fs.move(partial, final)  # a rename on a local disk: the manifest appears whole or not at all
+    # renamed into place on a local disk, one object in a bucket: whole or not at all
+    loc.write_text(loc.join(out, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def write_embeddings(

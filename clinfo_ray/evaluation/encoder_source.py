@@ -1,7 +1,8 @@
 """What turns images into embeddings: a checkpoint directory, or an exported encoder directory.
 
-Both are small frozen dataclasses of paths, checked on the driver (a missing file fails there in
-one line, before Ray starts) and handed to every encoder actor, which calls :meth:`load` once.
+Both are small frozen dataclasses of paths (or URIs: ``s3://...``), checked on the driver (a
+missing file fails there in one line, before Ray starts) and handed to every encoder actor,
+which calls :meth:`load` once.
 A loaded encoder maps ``(B, 3, S, S)`` float32 in [0, 1] (S: ``input_size``) to ``(B, D)``
 float32. ``identity()`` is what the embeddings' manifest records of it.
 
@@ -32,6 +33,7 @@ from clinfo_ray.checkpointing import (
 )
 from clinfo_ray.export import config_digest
 from clinfo_ray.export.description import PREPROCESS_FILE
+from clinfo_ray.storage import location as loc
 
 # What a checkpoint's encoder actors return: encoder features, or normalised projections.
 OUTPUTS = ("features", "projections")
@@ -49,7 +51,7 @@ def check_checkpoint(checkpoint_dir: str | Path) -> int:
     a complete checkpoint (state.json and weights): a missing file fails here, with one line
     naming the path, rather than inside every actor of the pool."""
     size = read_checkpoint_state(checkpoint_dir).train_config().data.image_size
-    if not (Path(checkpoint_dir) / MODEL_FILE).is_file():
+    if not loc.is_file(loc.join(checkpoint_dir, MODEL_FILE)):
         raise CheckpointError(f"not a complete checkpoint: {checkpoint_dir} has no {MODEL_FILE}")
     return size
 
@@ -68,7 +70,7 @@ class CheckpointEncoder:
     @classmethod
     def checked(cls, path: str | Path, output: str = "features") -> CheckpointEncoder:
         """The encoder of a complete checkpoint (else :class:`CheckpointError`), path resolved."""
-        encoder = cls(str(Path(path).resolve()), output)  # a bad output fails first
+        encoder = cls(loc.absolute(path), output)  # a bad output fails first
         check_checkpoint(path)
         return encoder
 
@@ -106,7 +108,7 @@ class ExportedEncoder:
     def checked(cls, path: str | Path) -> ExportedEncoder:
         """The encoder of an export directory whose preprocess.json this code reads (else
         :class:`clinfo_ray.export.ExportError`)."""
-        encoder = cls(str(Path(path).resolve()))
+        encoder = cls(loc.absolute(path))
         encoder.description()
         return encoder
 
@@ -122,7 +124,7 @@ class ExportedEncoder:
     def identity(self) -> dict[str, Any]:
         description = self.description()
         source = description.get("checkpoint") or {}
-        raw = (Path(self.path) / PREPROCESS_FILE).read_bytes()
+        raw = loc.read_bytes(loc.join(self.path, PREPROCESS_FILE))
         return {
             "kind": "export",
             "export_dir": self.path,

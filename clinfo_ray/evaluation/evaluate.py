@@ -4,6 +4,7 @@ The library call behind ``clinfo-ray eval`` and ``jobs/eval.py``. Results go to
 ``<out>/<checkpoint name>.json`` and to TensorBoard scalars ``eval/linear_top1``,
 ``eval/linear_top5``, ``eval/knn_top1`` in ``<out>`` at the checkpoint's epoch (so evaluating
 several checkpoints of a run draws a curve). ``<out>`` defaults to ``<checkpoint>/../eval``.
+The checkpoint, the dataset and ``<out>`` may be local folders or URIs (``s3://...``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from clinfo_ray.evaluation.features import extract_split_features
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import train_probe
 from clinfo_ray.evaluation.retrieval import retrieval_metrics
+from clinfo_ray.storage import location as loc
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,9 @@ SCALARS = {
 }  # result key -> TensorBoard tag
 
 
-def default_out_dir(checkpoint_dir: str | Path) -> Path:
-    """``<checkpoint>/../eval``: beside the run's checkpoints."""
-    return Path(checkpoint_dir).resolve().parent / EVAL_DIR
+def default_out_dir(checkpoint_dir: str | Path) -> str:
+    """``<checkpoint>/../eval``: beside the run's checkpoints (a URI for a run in a bucket)."""
+    return loc.join(loc.parent(loc.absolute(checkpoint_dir)), EVAL_DIR)
 
 
 def _scores(
@@ -75,11 +78,11 @@ def evaluate_checkpoint(
     GPU when it has one). Accuracies are fractions of the labelled test rows; the dict also
     holds the row counts, timings, the eval and label column and ``json_path``.
     """
-    checkpoint_dir = Path(checkpoint_dir).resolve()
+    checkpoint_dir = loc.absolute(checkpoint_dir)
     state = read_checkpoint_state(checkpoint_dir)
     config = config or state.train_config()
     eval_cfg = config.eval
-    data_dir = Path(config.data.dataset_dir)
+    data_dir = config.data.dataset_dir
     started = time.perf_counter()
     splits = extract_split_features(
         checkpoint_dir, data_dir, C.SPLITS, eval_cfg, label_column=config.data.label_column
@@ -96,8 +99,8 @@ def evaluate_checkpoint(
     retrieval = retrieval_metrics(train_x, train_y, test_x, test_y, (1, 5, 10))
     knn_s = time.perf_counter() - started
     result = {
-        "checkpoint": str(checkpoint_dir),
-        "data_dir": str(data_dir),
+        "checkpoint": checkpoint_dir,
+        "data_dir": data_dir,
         "label_column": config.data.label_column,
         "epoch": state.epoch,
         "step": state.step,
@@ -110,23 +113,27 @@ def evaluate_checkpoint(
         "feature_device": "gpu" if ray_uses_gpu(eval_cfg.device) else "cpu",
         "eval_config": dataclasses.asdict(eval_cfg),
     }
-    out = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint_dir)
-    result["json_path"] = str(out.resolve() / f"{checkpoint_dir.name}.json")
-    write_results(result, Path(result["json_path"]))
+    out = loc.absolute(out_dir) if out_dir is not None else default_out_dir(checkpoint_dir)
+    result["json_path"] = loc.join(out, f"{loc.name(checkpoint_dir)}.json")
+    write_results(result, result["json_path"])
     return result
 
 
-def write_results(result: dict[str, Any], path: Path) -> None:
-    """``result`` as JSON at ``path``; TensorBoard scalars in its folder at ``result["epoch"]``."""
+def write_results(result: dict[str, Any], path: str | Path) -> None:
+    """``result`` as JSON at ``path``; TensorBoard scalars in its folder at ``result["epoch"]``
+    (a folder in a bucket gets them written locally, then uploaded)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    out_dir = path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    writer = SummaryWriter(log_dir=str(out_dir))
-    try:
-        for key, tag in SCALARS.items():
-            writer.add_scalar(tag, float(result[key]), global_step=int(result["epoch"]))
-    finally:
-        writer.close()
+    out_dir = loc.parent(path)
+    loc.write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory(prefix="clinfo-ray-eval-") as tmp:
+        events = tmp if loc.is_uri(out_dir) else out_dir
+        writer = SummaryWriter(log_dir=events)
+        try:
+            for key, tag in SCALARS.items():
+                writer.add_scalar(tag, float(result[key]), global_step=int(result["epoch"]))
+        finally:
+            writer.close()
+        if events != out_dir:
+            loc.upload_dir(events, out_dir)
     log.info("eval results: %s (TensorBoard: %s)", path, out_dir)

@@ -12,6 +12,7 @@ rows never vote and unlabelled test rows are not scored. Pure numpy + faiss; no 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import faiss
@@ -46,13 +47,21 @@ def _labels(y: np.ndarray, n: int, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+@functools.cache
+def gpu_resources() -> faiss.StandardGpuResources:
+    """This process's one faiss GPU resource object (CUDA streams, cuBLAS handle, scratch
+    memory), made on first use and kept: making one per search (each online kNN of a training
+    worker) costs its set-up every time. faiss's Python wrapper also keeps a reference to it
+    inside every GPU index made from it."""
+    return faiss.StandardGpuResources()
+
+
 def flat_index(train: np.ndarray, k: int, device: Device) -> faiss.Index:
     """An exact inner-product index of ``train`` (unit rows: cosine), on a GPU when ``device``
     says so and faiss has one (searches of up to ``k`` neighbours)."""
     index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
     if faiss_uses_gpu(device) and k <= _GPU_MAX_K:
-        # faiss's Python wrapper keeps a reference to the resources inside the GPU index.
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
     index.add(train)
     return index
 

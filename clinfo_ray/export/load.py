@@ -3,6 +3,7 @@ preprocessing, in one call."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, NamedTuple, Self
@@ -22,6 +23,7 @@ from clinfo_ray.export.description import (
     ExportError,
     preprocessing,
 )
+from clinfo_ray.storage import location as loc
 
 
 class Preprocess:
@@ -71,11 +73,15 @@ class LoadedEncoder(NamedTuple):
 
 
 def read_description(export_dir: str | Path) -> dict[str, Any]:
-    """preprocess.json of an export directory, checked against what this code writes."""
-    path = Path(export_dir) / PREPROCESS_FILE
-    if not path.is_file():
-        raise ExportError(f"not an export directory: {export_dir} has no {PREPROCESS_FILE}")
-    description: dict[str, Any] = json.loads(path.read_text())
+    """preprocess.json of an export directory (a local folder or a URI), checked against what
+    this code writes."""
+    path = loc.join(export_dir, PREPROCESS_FILE)
+    try:
+        description: dict[str, Any] = json.loads(loc.read_text(path))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ExportError(
+            f"not an export directory: {export_dir} has no {PREPROCESS_FILE}"
+        ) from None
     found = (description.get("format"), description.get("format_version"))
     if found != (FORMAT, FORMAT_VERSION):
         raise ExportError(f"{path}: format {found}; this code reads {(FORMAT, FORMAT_VERSION)}")
@@ -88,17 +94,21 @@ def read_description(export_dir: str | Path) -> dict[str, Any]:
 
 def load_encoder(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedEncoder:
     """The encoder and preprocessing of an export directory (``clinfo-ray export``) or of a
-    checkpoint directory, on ``device``.
+    checkpoint directory (a local folder or a URI: ``s3://...``), on ``device``.
 
     The module maps images (B, 3, S, S) float32 in [0, 1] to the encoder's features (B, D),
     before the projection head, in inference mode; from an export it runs ``encoder.pt2``,
     from a checkpoint the encoder itself (the same features). ``preprocess`` turns a PIL image
     into the (3, S, S) input as preprocess.json describes.
     """
-    path, device = Path(path), torch.device(device)
-    if (path / PREPROCESS_FILE).is_file():
+    path, device = str(path), torch.device(device)
+    if loc.is_file(loc.join(path, PREPROCESS_FILE)):
         description = read_description(path)
-        program = torch.export.load(path / PROGRAM_FILE)
+        program_file = loc.join(path, PROGRAM_FILE)
+        remote = loc.is_uri(program_file)
+        program = torch.export.load(
+            io.BytesIO(loc.read_bytes(program_file)) if remote else program_file
+        )
         if device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 
@@ -106,7 +116,7 @@ def load_encoder(path: str | Path, *, device: str | torch.device = "cpu") -> Loa
         return LoadedEncoder(
             LoadedProgram(program.module()), Preprocess(int(description["input_size"]))
         )
-    if (path / STATE_FILE).is_file():
+    if loc.is_file(loc.join(path, STATE_FILE)):
         model, config = load_model_from_checkpoint(path, map_location=device)
         # NCHW weights, as in the export: identical features from both
         encoder = model.encoder.to(memory_format=torch.contiguous_format).eval()

@@ -4,7 +4,9 @@ Each file is written to a temporary name and renamed, and preprocess.json is wri
 is removed first when an export is replaced): a directory with preprocess.json is complete.
 The program and the ONNX file (as onnxruntime reads it) are run once on random images against
 the checkpoint's encoder before preprocess.json is written; an export whose outputs differ fails
-instead.
+instead. A checkpoint or an export directory named by a URI (``s3://...``) is downloaded to, or
+written in, a local temporary folder; the export's files are then uploaded one object each,
+preprocess.json last.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from clinfo_ray.export.description import (
     weights_description,
 )
 from clinfo_ray.model import ResNetEncoder
+from clinfo_ray.storage import location as loc
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +162,7 @@ def _check_outputs(
 
 
 def _description(
-    checkpoint_dir: Path,
+    checkpoint_dir: str,
     state: CheckpointState,
     config: TrainConfig,
     encoder: nn.Module,
@@ -192,7 +196,7 @@ def _description(
         "head": head,
         "preprocess": preprocessing(size),
         "checkpoint": {
-            "path": str(checkpoint_dir),
+            "path": checkpoint_dir,
             "epoch": state.epoch,
             "step": state.step,
             "config_sha256": config_digest(state.config),
@@ -219,7 +223,39 @@ def export_encoder(
     CheckpointError (no such or incomplete checkpoint) or ExportError (``out_dir`` not empty
     without ``overwrite``, no onnx packages) before anything is written.
     """
-    checkpoint_dir, out_dir = Path(checkpoint_dir).resolve(), Path(out_dir)
+    options = {"with_head": with_head, "onnx": onnx, "overwrite": overwrite}
+    if not (loc.is_uri(checkpoint_dir) or loc.is_uri(out_dir)):
+        local = Path(checkpoint_dir).resolve()
+        return _export(local, Path(out_dir), source=str(local), **options)
+    read_checkpoint_state(checkpoint_dir)  # no such or incomplete checkpoint: before any copy
+    remote_out = loc.is_uri(out_dir)
+    if remote_out and loc.list_names(out_dir) and not overwrite:
+        raise ExportError(
+            f"--out {out_dir} exists and is not empty (--overwrite replaces an export there)"
+        )
+    with loc.local_copy(checkpoint_dir) as local, tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "export" if remote_out else Path(out_dir)
+        source = loc.absolute(checkpoint_dir)
+        description = _export(local, target, source=source, **{**options, "overwrite": True})
+        if remote_out:
+            for name in EXPORT_FILES:  # preprocess.json first: incomplete until it is back
+                loc.remove(loc.join(out_dir, name))
+            for name in [*description["files"][:-1], PREPROCESS_FILE]:  # preprocess.json last
+                loc.write_bytes(loc.join(out_dir, name), (target / name).read_bytes())
+    return description
+
+
+def _export(
+    checkpoint_dir: Path,
+    out_dir: Path,
+    *,
+    source: str,
+    with_head: bool,
+    onnx: bool,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """:func:`export_encoder` of a local checkpoint into a local folder; ``source``: the
+    checkpoint as the user named it (recorded in preprocess.json)."""
     _check_checkpoint(checkpoint_dir)
     if onnx:
         _check_onnx_available()
@@ -250,7 +286,7 @@ def export_encoder(
         _save_tensors(model.head.mlp, out_dir / HEAD_FILE, {"format": FORMAT})
         files.append(HEAD_FILE)
     checked = _check_outputs(program, out_dir, files, images, want)
-    description = _description(checkpoint_dir, state, config, encoder, files, checked, head)
+    description = _description(source, state, config, encoder, files, checked, head)
     path = out_dir / PREPROCESS_FILE
     _temporary(path).write_text(json.dumps(description, indent=2) + "\n")
     os.replace(_temporary(path), path)

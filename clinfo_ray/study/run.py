@@ -1,10 +1,11 @@
 """Run a study as a Ray Tune grid: one trial per (method, seed), resumable, packed on the cluster.
 
-A study lives in ``<run.output_dir>/study/NAME/``: ``trials/<method>-seed<seed>/`` (each trial's
+A study lives in ``<run.output_dir>/study/NAME/``: ``trials/<method>-seed<seed>/`` (with a
+settings axis ``trials/<setting>-<method>-seed<seed>/``; :func:`trial_name`; each trial's
 training run: checkpoints, metrics, TensorBoard, and ``study_record.json`` once evaluated),
 ``clusters/`` (the cluster tables shared by trials with one clusters config), ``tuner/`` (Ray
 Tune's experiment) and ``results.jsonl`` (one line per evaluated trial, appended as trials end).
-Trials are named by (method, seed), not by Tune's trial id, so a study started over from
+Trials are named by (setting, method, seed), not by Tune's trial id, so a study started over from
 nothing still finds a trial's checkpoints and its record: a trial with a record is not trained
 again, and one with checkpoints resumes them. Running the same command again after an
 interruption restores the Tune experiment (finished trials kept, the others resumed).
@@ -12,17 +13,22 @@ interruption restores the Tune experiment (finished trials kept, the others resu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinfo_ray.config import TrainConfig, apply_overrides
 from clinfo_ray.study.records import TrialRecord, append_record, read_records
 from clinfo_ray.study.spec import Study
+
+if TYPE_CHECKING:
+    from clinfo_ray.data.manifest import Manifest
+    from clinfo_ray.data.write.sources.source_table import SourceTable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,39 @@ def claim_study_dir(folder: Path, study: Study) -> bool:
         f"the study {study.name!r}",
         "pass --set run.output_dir=..., or delete the folder to start it over",
     )
+
+
+def dataset_to_prepare(study: Study) -> SourceTable | None:
+    """What :func:`ensure_dataset` will write: None when the study's dataset folder holds a
+    dataset this code reads; else the source of the study's ``prepare`` section, listed (npm
+    packages fetched, files found) without Ray, so that a missing source fails before Ray
+    starts, with a PrepareError naming what is missing and how to get it. Without a ``prepare``
+    section, the folder's own FileNotFoundError or ValueError."""
+    from clinfo_ray.data.manifest import read_manifest
+    from clinfo_ray.data.write.prepare import list_source
+
+    folder = study.base.data.dataset_dir
+    try:
+        read_manifest(folder)
+        return None
+    except (FileNotFoundError, ValueError):
+        if study.prepare is None:
+            raise
+    return list_source(dataclasses.replace(study.prepare, out=folder, overwrite=True))
+
+
+def ensure_dataset(study: Study, source: SourceTable | None) -> Manifest:
+    """The study's dataset manifest, written first from ``source`` (what
+    :func:`dataset_to_prepare` listed) when there is one. Ray must be connected."""
+    from clinfo_ray.data.manifest import read_manifest
+    from clinfo_ray.data.write.prepare import prepare
+
+    folder = study.base.data.dataset_dir
+    if source is not None:
+        assert study.prepare is not None  # dataset_to_prepare lists only from it
+        print(f"preparing {folder} from {study.prepare.source} ...", flush=True)
+        prepare(dataclasses.replace(study.prepare, out=folder, overwrite=True), source)
+    return read_manifest(folder)
 
 
 def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:

@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from clinfo_ray.clusters.table import contiguous, write_table
 from clinfo_ray.config import KMeansSettings
 from clinfo_ray.distributed import broadcast_from_rank0, rank
 from clinfo_ray.losses.pcl import Prototypes, prototypes_of
+from clinfo_ray.storage import location as loc
 from clinfo_ray.training.embedding import SplitEmbedding
 
 log = logging.getLogger(__name__)
@@ -207,20 +207,19 @@ def _spherical_kmeans(
 
 
 def publish(
-    state: ClusterState, labels: np.ndarray, dataset_dir: str, run_dir: Path
+    state: ClusterState, labels: np.ndarray, dataset_dir: str, run_dir: str
 ) -> dict[str, Any]:
     """Rank 0: write the table (``clusters/kmeans-vNNNN.parquet``; PCL: its first granularity's)
     and its statistics beside it (``.stats.json``; PCL: with every granularity's number of
     clusters, ``prototype_clusters``); return the statistics. ``labels``: (n_train,) int64 by
     index, -1 where unlabelled."""
     assert state.assignment is not None, "a k-means version has an assignment"
-    path = run_dir / "clusters" / f"kmeans-v{state.version:04d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = loc.join(run_dir, "clusters", f"kmeans-v{state.version:04d}.parquet")  # or a URI
     write_table(path, train_ids(dataset_dir), state.assignment)
     stats = cluster_statistics(state.assignment, labels)
-    record = {**stats, "version": state.version, "table": str(path)}
+    record = {**stats, "version": state.version, "table": path}
     if state.prototypes is not None:  # PCL: the table is the first granularity's
         record["prototype_clusters"] = list(state.prototypes.sizes)
-    path.with_suffix(".stats.json").write_text(json.dumps(record, indent=2) + "\n")
+    loc.write_text(loc.with_suffix(path, ".stats.json"), json.dumps(record, indent=2) + "\n")
     log.debug("clusters v%d: %d clusters -> %s", state.version, stats["num_clusters"], path)
     return record

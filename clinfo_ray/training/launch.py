@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from clinfo_ray.data import columns as C
 from clinfo_ray.data.manifest import read_manifest, sorted_ids, split_files
 from clinfo_ray.data.read.decode import source_side
 from clinfo_ray.data.splits import val_mask
-from clinfo_ray.devices import ray_uses_gpu
+from clinfo_ray.devices import local_gpu_memory, ray_uses_gpu
+from clinfo_ray.storage import location as loc
+from clinfo_ray.storage.checks import LocationError, check_remote
 
 if TYPE_CHECKING:  # these import ray: only where a run starts
     from clinfo_ray.data.read.drop_counter import DropCounter
@@ -42,15 +45,39 @@ class PreparesWorkers(Protocol):
 
 @dataclass(frozen=True)
 class TrainOutcome:
+    """``run_dir`` and ``checkpoint`` (the last checkpoint's folder) are paths on the run's
+    filesystem: local folders, or ``bucket/key`` for a run in a bucket, whose URIs
+    (``s3://bucket/key``) are ``run_location`` and ``checkpoint_location``."""
+
     run_dir: Path
     checkpoint: Path | None  # the last checkpoint directory
     metrics: dict[str, Any]  # the last epoch's reported metrics
     cluster_stats: dict[str, Any] | None  # of the starting table (None: iterative k-means)
+    run_location: str = ""  # run_dir as a local path or a URI ("": str(run_dir))
+    checkpoint_location: str | None = None
+
+    @property
+    def run_uri(self) -> str:
+        """The run's folder as a user names it: a local path or a URI."""
+        return self.run_location or str(self.run_dir)
+
+    @property
+    def checkpoint_uri(self) -> str | None:
+        if self.checkpoint_location is not None:
+            return self.checkpoint_location
+        return str(self.checkpoint) if self.checkpoint is not None else None
 
 
 def check_before_ray(cfg: TrainConfig) -> int:
     """Fail fast, naming the key: the dataset must exist and hold a global batch of training
-    rows (the train split less its validation rows). Returns the optimiser steps per epoch."""
+    rows (the train split less its validation rows). Returns the optimiser steps per epoch.
+    A location given as a URI is checked first (bucket, credentials, endpoint, access)."""
+    try:
+        check_remote("data.dataset_dir", cfg.data.dataset_dir, "folder", C.MANIFEST)
+        check_remote("clusters.table_path", cfg.clusters.table_path, "file")
+        check_remote("run.output_dir", cfg.run.output_dir, "output")
+    except LocationError as err:
+        raise ConfigError(str(err), key=err.key) from None
     try:
         manifest = read_manifest(cfg.data.dataset_dir)
     except (FileNotFoundError, ValueError) as err:
@@ -68,7 +95,7 @@ def check_before_ray(cfg: TrainConfig) -> int:
         )
     if cfg.data.cache == "worker":
         _check_worker_cache_size(fit_rows, cfg)
-    if cfg.clusters.table_path and not Path(cfg.clusters.table_path).is_file():
+    if cfg.clusters.table_path and not loc.is_file(cfg.clusters.table_path):
         raise ConfigError(
             f"clusters.table_path: no such file {cfg.clusters.table_path!r}",
             key="clusters.table_path",
@@ -80,9 +107,9 @@ def val_by_index(cfg: TrainConfig) -> np.ndarray:
     """(n_train,) bool by ``index`` (the row in the train split, ids sorted): the validation
     rows, which never train and are the online kNN's queries. Read-only; computed once per
     dataset and fraction (the check before Ray and the run's inputs share it)."""
-    folder = Path(cfg.data.dataset_dir).resolve()
-    written = (folder / C.MANIFEST).stat().st_mtime_ns  # a folder prepared again is read again
-    return _val_by_index(str(folder), written, cfg.data.val_fraction)
+    folder = loc.absolute(cfg.data.dataset_dir)
+    written = loc.info(loc.join(folder, C.MANIFEST)).mtime_ns  # prepared again: read again
+    return _val_by_index(folder, written, cfg.data.val_fraction)
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,28 +144,43 @@ def resolve_device(cfg: TrainConfig) -> TrainConfig:
 
 def _check_worker_cache_size(train_rows: int, cfg: TrainConfig) -> None:
     """data.cache 'worker' puts the whole decoded split in every worker: refuse what cannot fit
-    in half of this machine's memory (the workers of a local run share it)."""
+    in half of this machine's memory (the workers of a local run share it) and, where the
+    workers of a local run use this machine's GPUs (one each), in half of the smallest one's
+    (nvidia-smi's; unknown without it, and for a cluster's workers: not checked)."""
     need = train_rows * 3 * cfg.data.decode_side_bound**2
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    local_workers = cfg.run.num_workers if not os.environ.get("RAY_ADDRESS") else 1
-    if need * local_workers > total // 2:
-        raise ConfigError(
-            f"data.cache: 'worker' would hold {need / 2**30:.1f} GiB of decoded images in each "
-            f"of {local_workers} worker(s), more than half of this machine's "
-            f"{total / 2**30:.0f} GiB; use 'object_store' or 'none'",
-            key="data.cache",
-        )
+    local = not os.environ.get("RAY_ADDRESS")
+    workers = cfg.run.num_workers if local else 1
+    problem = worker_cache_problem(need, workers, total, "this machine's memory")
+    gpus = local_gpu_memory() if local and cfg.run.device != "cpu" else None
+    if problem is None and gpus:
+        smallest = f"the smallest of this machine's {len(gpus)} GPU(s)"
+        problem = worker_cache_problem(need, 1, min(gpus), smallest)
+    if problem is not None:
+        raise ConfigError(f"data.cache: {problem}; use 'object_store' or 'none'", key="data.cache")
+
+
+def worker_cache_problem(need: int, holders: int, capacity: int, memory: str) -> str | None:
+    """Why ``holders`` copies of ``need`` bytes of decoded images (one per worker) do not fit in
+    half of ``capacity`` bytes of ``memory`` (its name in the message), the other half being the
+    model's, the batches' and the process's; None when they fit."""
+    if need * holders <= capacity // 2:
+        return None
+    return (
+        f"'worker' would hold {need / 2**30:.1f} GiB of decoded images in each of {holders} "
+        f"worker(s), more than half of {memory} ({capacity / 2**30:.0f} GiB)"
+    )
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """The config with its input paths resolved against the driver's working directory."""
-    paths = {"data.dataset_dir": str(Path(cfg.data.dataset_dir).resolve())}
+    paths = {"data.dataset_dir": loc.absolute(cfg.data.dataset_dir)}
     if cfg.clusters.table_path:
-        paths["clusters.table_path"] = str(Path(cfg.clusters.table_path).resolve())
+        paths["clusters.table_path"] = loc.absolute(cfg.clusters.table_path)
     return apply_overrides(cfg, paths)
 
 
-def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, dict | None]:
+def prepare_cluster_table(cfg: TrainConfig, run_dir: str) -> tuple[str | None, dict | None]:
     """The run's starting id -> cluster table and its statistics (None for iterative k-means,
     which starts from instance clusters and builds its own tables in the loop)."""
     if cfg.is_iterative_clustering:
@@ -149,19 +191,16 @@ def prepare_cluster_table(cfg: TrainConfig, run_dir: Path) -> tuple[str | None, 
             cfg.clusters.table_path, cfg.data.dataset_dir, label_column=label_column
         )
     clusters = cfg.run_clusters  # the method and the k-means seed resolved
-    path = run_dir / "clusters" / f"{clusters.method}.parquet"
-    stats_file = path.with_suffix(".stats.json")
-    if path.is_file() and stats_file.is_file():  # a resumed run keeps the clusters it had
-        return str(path), json.loads(stats_file.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path), build_clusters(
-        clusters, cfg.data.dataset_dir, path, label_column=label_column
-    )
+    path = loc.join(run_dir, "clusters", f"{clusters.method}.parquet")
+    stats_file = loc.with_suffix(path, ".stats.json")
+    if loc.is_file(path) and loc.is_file(stats_file):  # a resumed run keeps its clusters
+        return path, json.loads(loc.read_text(stats_file))
+    return path, build_clusters(clusters, cfg.data.dataset_dir, path, label_column=label_column)
 
 
 def build_inputs(
     cfg: TrainConfig,
-    run_dir: Path,
+    run_dir: str,
     table: str | None,
     stats: dict | None,
     steps_per_epoch: int,
@@ -222,12 +261,12 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     steps_per_epoch = check_before_ray(cfg)
     # workers do not run in the driver's working directory
     cfg = resolve_device(resolve_decode_size(with_absolute_paths(cfg)))
-    storage = Path(cfg.run.output_dir).resolve()
-    run_dir = storage / cfg.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    run_dir = loc.join(cfg.run.output_dir, cfg.run.name)  # a local path or a URI
+    loc.makedirs(run_dir)
+    loc.write_text(loc.join(run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
     table, stats = prepare_cluster_table(cfg, run_dir)
-    drops = DropCounter.create()
+    # data.cache 'worker': every worker reads the split whole: each dropped image counts once
+    drops = DropCounter.create(distinct=cfg.data.cache == "worker")
     try:
         inputs, datasets = build_inputs(cfg, run_dir, table, stats, steps_per_epoch, drops)
         return _fit(cfg, inputs, datasets, callbacks)
@@ -243,7 +282,9 @@ def _fit(
 
     from clinfo_ray.training.worker import LOOP_INPUTS, train_loop_per_worker
 
-    run_dir = Path(inputs.run_dir)
+    # Ray Train writes checkpoints through the run's pyarrow filesystem: a local folder or a
+    # bucket (storage_filesystem); a checkpoint it lists is a complete upload.
+    filesystem, run_path = loc.resolve(inputs.run_dir)
     gpu = cfg.run.device == "gpu"
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1.0} if gpu else {})}
     setups = tuple(c.before_train_loop for c in callbacks if isinstance(c, PreparesWorkers))
@@ -255,7 +296,8 @@ def _fit(
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
-            storage_path=str(run_dir.parent),
+            storage_path=posixpath.dirname(run_path),
+            storage_filesystem=filesystem if loc.is_uri(inputs.run_dir) else None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             callbacks=list(callbacks),
@@ -266,7 +308,14 @@ def _fit(
     )
     result = trainer.fit()
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    return TrainOutcome(run_dir, checkpoint, dict(result.metrics or {}), inputs.table_stats)
+    return TrainOutcome(
+        Path(run_path),
+        checkpoint,
+        dict(result.metrics or {}),
+        inputs.table_stats,
+        run_location=inputs.run_dir,
+        checkpoint_location=loc.join(inputs.run_dir, checkpoint.name) if checkpoint else None,
+    )
 
 
 def _loop_after(setups: Sequence[Callable[[], None]], loop_config: dict[str, Any]) -> None:

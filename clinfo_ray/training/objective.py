@@ -16,6 +16,7 @@ pcl              NT-Xent (as simclr) + ProtoNCE against k-means prototypes at ea
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,7 @@ from clinfo_ray.losses import (
     pcl_loss,
 )
 from clinfo_ray.model import ContrastiveModel
+from clinfo_ray.training.grad_cache import cached_backward
 
 # Batch key of PCL's (B, M) int64 clusters of each image at each granularity (the worker adds
 # it once there are prototypes: ``PrototypeLevels.ids``).
@@ -133,6 +135,30 @@ def batch_loss(
     return cl_infonce(out.projections, ids, cfg.loss.temperature, cfg.loss.base_temperature)
 
 
+def backward_batch(
+    module: nn.Module,
+    cfg: TrainConfig,
+    batch: dict[str, torch.Tensor],
+    prototypes: Prototypes | None = None,
+) -> torch.Tensor:
+    """The gradient of the method's loss of one batch, accumulated into the parameters'
+    ``.grad``; returns the loss (detached). The batch in one pass, or with
+    ``data.micro_batch_size`` in micro-batches by gradient caching (``grad_cache.py``: the
+    gradient of one graph over those micro-batches, BatchNorm per micro-batch)."""
+    views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
+    precision = functools.partial(
+        torch.autocast, views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16
+    )
+    micro = cfg.data.micro_batch_size
+    if micro is not None and micro < views.shape[0]:
+        loss_of = functools.partial(batch_loss, cfg, batch, prototypes=prototypes)
+        return cached_backward(module, views, micro, loss_of, precision)
+    with precision():
+        loss = batch_loss(cfg, batch, module(views), prototypes)
+    loss.backward()
+    return loss.detach()
+
+
 def train_step(
     module: nn.Module,
     cfg: TrainConfig,
@@ -147,15 +173,11 @@ def train_step(
     cluster (the worker maps each index to its cluster: ``ClusterState.ids``); with PCL's
     ``prototypes``, also its (B, M) int64 ``PROTOTYPE_IDS``.
     """
-    views = batch["views"]  # (B, V, 3, S, S); the model applies channels-last itself
-    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-        out = module(views)
-        loss = batch_loss(cfg, batch, out, prototypes)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = backward_batch(module, cfg, batch, prototypes)
     optimizer.step()
     scheduler.step()
-    return float(loss.detach())  # CPU-GPU sync point, once a step
+    return float(loss)  # CPU-GPU sync point, once a step
 
 
 def augmentation_of(cfg: TrainConfig, views: int | None = None) -> ViewAugmentation:

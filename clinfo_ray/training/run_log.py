@@ -1,13 +1,23 @@
-"""Rank 0's record of a run: TensorBoard scalars, metrics.jsonl beside them, a console line."""
+"""Rank 0's record of a run: TensorBoard scalars, metrics.jsonl beside them, a console line.
+
+A run in a bucket (``run.output_dir: s3://...``) writes both into a local temporary folder and
+uploads them after every epoch and at the end, each file one object (TensorBoard's event files
+and metrics.jsonl as a whole): the bucket holds every epoch that finished. A resumed run first
+fetches the metrics.jsonl it appends to; its TensorBoard events go to a new file beside the old.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from clinfo_ray.storage import location as loc
 
 log = logging.getLogger("clinfo_ray.training")
 
@@ -28,8 +38,16 @@ class RunLog:
     def __init__(self, run_dir: str | Path, total_epochs: int) -> None:
         from torch.utils.tensorboard import SummaryWriter  # only rank 0 pays the import
 
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.location = str(run_dir)  # a local folder or a URI
+        self.remote = loc.is_uri(self.location)
+        if self.remote:
+            self.run_dir = Path(tempfile.mkdtemp(prefix="clinfo-ray-run-log-"))
+            metrics = loc.join(self.location, METRICS_FILE)
+            if loc.is_file(metrics):  # a resumed run appends to what its bucket holds
+                (self.run_dir / METRICS_FILE).write_bytes(loc.read_bytes(metrics))
+        else:
+            self.run_dir = Path(run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
         self.metrics_path = self.run_dir / METRICS_FILE
         self.total_epochs = total_epochs
@@ -61,7 +79,19 @@ class RunLog:
         )
         log.info(line)
         self.writer.flush()
+        self.upload()
         return line
+
+    def upload(self) -> None:
+        """A run in a bucket: metrics.jsonl and the TensorBoard events to it (nothing locally)."""
+        if not self.remote:
+            return
+        if self.metrics_path.is_file():
+            loc.write_bytes(loc.join(self.location, METRICS_FILE), self.metrics_path.read_bytes())
+        loc.upload_dir(self.run_dir / TENSORBOARD_DIR, loc.join(self.location, TENSORBOARD_DIR))
 
     def close(self) -> None:
         self.writer.close()
+        self.upload()
+        if self.remote:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

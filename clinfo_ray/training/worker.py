@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, w
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
+from clinfo_ray.storage import location as loc
 from clinfo_ray.training.cluster_state import (
     ClusterState,
     kmeans_assignment,
@@ -101,7 +101,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = inputs.train_config()
     _quiet_ray_logs()
     torch.manual_seed(cfg.run.seed)
-    _record_pid(Path(inputs.run_dir))
+    _record_pid(inputs.run_dir)
     state = build_state(cfg, inputs)
     run_log = _open_run_log(state, inputs)
     source = BatchSource.open(cfg, inputs.stream, state.device)
@@ -291,9 +291,7 @@ def recluster(state: WorkerState, inputs: LoopInputs, run_log: RunLog | None) ->
         state.clusters.set(version, assignment)
     if run_log is not None:
         assert embedding is not None, "rank 0 holds the embeddings"
-        stats = publish(
-            state.clusters, embedding.labels, cfg.data.dataset_dir, Path(inputs.run_dir)
-        )
+        stats = publish(state.clusters, embedding.labels, cfg.data.dataset_dir, inputs.run_dir)
         _log_cluster_stats(run_log, stats, state.step)
 
 
@@ -387,14 +385,9 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _record_pid(run_dir: Path) -> None:
+def _record_pid(run_dir: str) -> None:
     """``<run_dir>/.worker_pids/rank{r}``: this attempt's worker, as JSON ``{"pid": int,
-    "node_id": str}`` (the Ray node it runs on). Written whole then renamed: a reader polling
-    the file never sees half of it."""
-    folder = run_dir / PID_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    "node_id": str}`` (the Ray node it runs on). Written atomically (a local path or a bucket):
+    a reader polling the file never sees half of it."""
     record = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
-    target = folder / f"rank{rank()}"
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(record))
-    os.replace(partial, target)
+    loc.write_text(loc.join(run_dir, PID_DIR, f"rank{rank()}"), json.dumps(record))

@@ -102,7 +102,7 @@ def shared_cluster_table(cfg: TrainConfig, cache_dir: Path) -> Path | None:
     key = cluster_table_key(cfg)
     table = cache_dir / f"{key}.parquet"
     with _locked(cache_dir / f"{key}.lock"):
-        if not (table.is_file() and stats_path(table).is_file()):
+        if not (table.is_file() and Path(stats_path(table)).is_file()):
             partial = cache_dir / f"{key}.{os.getpid()}.partial.parquet"
             build_clusters(
                 cfg.run_clusters,

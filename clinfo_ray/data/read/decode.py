@@ -63,11 +63,11 @@ def decode_batch(blobs: Sequence[bytes], size: int) -> tuple[np.ndarray, np.ndar
 def source_side(files: Sequence[str], sample: int = 64) -> int:
     """The largest shorter side among the first ``sample`` images of a split's Parquet files
     (headers only: nothing is decoded); what ``data.decode_size`` is capped by."""
-    import pyarrow.parquet as pq  # only the driver calls this
+    from clinfo_ray.storage import location as loc  # only the driver calls this
 
     sides: list[int] = []
     for path in files:
-        reader = pq.ParquetFile(path)
+        reader = loc.open_parquet(path)  # a local path or a URI
         for group in range(reader.metadata.num_row_groups):
             blobs = reader.read_row_group(group, columns=[C.IMAGE]).column(0).to_pylist()
             for blob in blobs[: sample - len(sides)]:

@@ -13,13 +13,29 @@ import ray
 DROPPED_METRIC = "data/dropped_images"
 
 
-@ray.remote(num_cpus=0)
-class _DropCounterActor:
-    def __init__(self) -> None:
+class DropTally:
+    """The count behind :class:`DropCounter` (no Ray): every dropped image, or with
+    ``distinct`` each image once however often it is read and dropped again.
+
+    ``distinct`` is for a split that each worker reads whole once (``data.cache: worker``):
+    2 workers reading 12 undecodable images are 12 dropped images, not 24, and so are the
+    reads of a worker group restarted after a failure. A stream that reads each image once an
+    epoch counts every read (12 an epoch).
+    """
+
+    def __init__(self, distinct: bool = False) -> None:
         self.total = 0
         self.examples: list[tuple[str, str]] = []
+        self._seen: set[str] | None = set() if distinct else None
 
     def add(self, examples: list[tuple[str, str]]) -> None:
+        if self._seen is not None:
+            new = []
+            for image_id, reason in examples:
+                if image_id not in self._seen:
+                    self._seen.add(image_id)
+                    new.append((image_id, reason))
+            examples = new
         self.total += len(examples)
         self.examples = (self.examples + examples)[-100:]
 
@@ -28,6 +44,9 @@ class _DropCounterActor:
 
     def recent(self) -> list[tuple[str, str]]:
         return list(self.examples)
+
+
+_DropCounterActor = ray.remote(num_cpus=0)(DropTally)
 
 
 class DropCounter:
@@ -41,15 +60,14 @@ class DropCounter:
         self._handle = handle
 
     @classmethod
-    def create(cls) -> DropCounter:
+    def create(cls, *, distinct: bool = False) -> DropCounter:
+        """A new counter (``distinct``: each image once, see :class:`DropTally`)."""
         # on the driver's node: a worker node lost mid-run must not take the count with it
         # (the run resumes on other nodes; the driver's node going means the run is over)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        return cls(
-            _DropCounterActor.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
-        )
+        return cls(_DropCounterActor.options(scheduling_strategy=here).remote(distinct))
 
     def add(self, examples: list[tuple[str, str]]) -> None:
         # Waits for the actor: a fire-and-forget call may still be in flight when the task that

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clinfo_ray.storage import location as loc
+
 FILE, ROW_GROUP, START, STOP = "file", "row_group", "start", "stop"
 PIECE = "piece"  # optional int64 column of a pieces table: the piece's number in the split
 PIECE_SCHEMA = pa.schema(
@@ -35,7 +37,8 @@ def list_pieces(files: Sequence[str], piece_rows: int) -> pa.Table:
         raise ValueError(f"piece_rows must be >= 1, got {piece_rows}")
     out: dict[str, list] = {FILE: [], ROW_GROUP: [], START: [], STOP: []}
     for path in files:
-        meta = pq.ParquetFile(path).metadata
+        with loc.open_parquet(path) as reader:  # a local path or a URI (s3://...)
+            meta = reader.metadata
         for group in range(meta.num_row_groups):
             rows = meta.row_group(group).num_rows
             for start in range(0, rows, piece_rows):
@@ -65,7 +68,7 @@ def read_pieces(
         key = (rec[FILE], rec[ROW_GROUP])
         if key not in groups:
             if rec[FILE] not in files:
-                files[rec[FILE]] = pq.ParquetFile(rec[FILE])
+                files[rec[FILE]] = loc.open_parquet(rec[FILE])
             groups[key] = files[rec[FILE]].read_row_group(rec[ROW_GROUP], columns=list(columns))
         part = groups[key].slice(rec[START], rec[STOP] - rec[START])
         if PIECE in rec:

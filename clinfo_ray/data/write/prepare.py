@@ -66,9 +66,11 @@ def _list_all(config: PrepareConfig) -> SourceTable:
     return load_idx(source_dir(config), name=config.source)
 
 
-def prepare(config: PrepareConfig) -> Manifest:
-    """List the source, then read, check and write it as Parquet shards (needs Ray running)."""
-    source = list_source(config)
+def prepare(config: PrepareConfig, source: SourceTable | None = None) -> Manifest:
+    """List the source (unless ``source`` is its listing, made before Ray started: a missing
+    folder or package then fails before Ray starts), then read, check and write it as Parquet
+    shards (needs Ray running)."""
+    source = list_source(config) if source is None else source
     options = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite")}
     options["styles"] = list(config.styles)  # as JSON will read it back
     return write_dataset(

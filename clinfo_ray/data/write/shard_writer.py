@@ -10,8 +10,11 @@ decodes it once to prove it is an image, and writes the good rows of each split 
 ``{split}-{shard:06d}.parquet``. It returns only a small summary (counts and skipped inputs), so
 memory stays bounded by one shard per task however many images there are (10^6 is fine).
 
-Everything is written into a hidden temporary folder beside ``out`` and renamed to ``out`` only
-after ``manifest.json`` is written: a crash never leaves a folder that looks complete.
+``out`` is a local path or a URI (``s3://bucket/emoji``). A local dataset is written into a
+hidden temporary folder beside ``out`` and renamed to ``out`` only after ``manifest.json`` is
+written; on an object store (no rename) each shard is one atomic object written straight into
+``out`` and ``manifest.json`` is written last: either way a crash never leaves a folder that
+looks complete (a folder without a manifest is not a dataset).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from clinfo_ray.data.write.sources.source_table import (
     Skipped,
     SourceTable,
 )
+from clinfo_ray.storage import location as loc
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,8 @@ def write_shard(batch: pa.Table, *, folder: str) -> pa.Table:
         table = pa.Table.from_pylist(good, schema=C.SCHEMA)
         # Encoded images do not compress: spend no CPU on them.
         codecs = {n: ("none" if n == C.IMAGE else "zstd") for n in C.SCHEMA.names}
-        pq.write_table(table, Path(folder) / name, compression=codecs, row_group_size=512)
+        with loc.local_output(loc.join(folder, name)) as partial:  # whole or absent
+            pq.write_table(table, partial, compression=codecs, row_group_size=512)
         files.append(name)
         counts.append(len(good))
     return pa.table(
@@ -147,16 +152,19 @@ def write_dataset(
     """
     import ray
 
-    out = Path(out)
+    out = loc.absolute(out)
     if shard_size < 1:
         raise PrepareError(f"shard_size must be >= 1, got {shard_size}")
-    if out.exists() and not overwrite:
+    if _taken(out) and not overwrite:
         raise PrepareError(f"{out} exists; pass --overwrite to replace it")
     if source.rows.num_rows == 0:
         raise PrepareError(f"{name}: the source lists no images")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    if loc.is_uri(out):  # no rename on an object store: shards in place, the manifest last
+        loc.remove(out)
+        tmp = out
+    else:
+        tmp = loc.join(loc.parent(out), f".{loc.name(out)}.tmp-{uuid.uuid4().hex[:8]}")
+        Path(tmp).mkdir(parents=True)
     try:
         shuffled = source.rows.take(pa.array(row_permutation(source.rows.num_rows, seed)))
         shards = ray.data.from_arrow(_shards(shuffled, shard_size))
@@ -164,7 +172,7 @@ def write_dataset(
             write_shard,  # type: ignore[arg-type]
             batch_size=None,
             batch_format="pyarrow",
-            fn_kwargs={"folder": str(tmp)},
+            fn_kwargs={"folder": tmp},
         )
         files, bad = _collect(written_ds.take_all())
         skipped = source.skipped + bad
@@ -184,19 +192,31 @@ def write_dataset(
             val_group=source.val_group,
         )
         manifest.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if tmp != out:
+            if Path(out).exists():
+                shutil.rmtree(out)
+            Path(tmp).rename(out)
+    except BaseException:
+        if tmp == out:  # an object store: the shards of a failed write go too
+            loc.remove(out)
+        raise
     finally:
-        if tmp.exists():
+        if tmp != out and Path(tmp).exists():
             shutil.rmtree(tmp)
     log.info("%s: wrote %s to %s; skipped %d", name, manifest.rows, out, len(skipped))
     return manifest
 
 
-def _written_rows(folder: Path, files: dict[str, list[str]]) -> dict[str, int]:
+def _taken(out: str) -> bool:
+    """Whether ``out`` holds anything (on an object store an empty folder marker does not)."""
+    if loc.is_uri(out):
+        return loc.is_file(out) or bool(loc.list_names(out))
+    return loc.exists(out)
+
+
+def _written_rows(folder: str, files: dict[str, list[str]]) -> dict[str, int]:
     return {
-        split: sum(pq.ParquetFile(folder / f).metadata.num_rows for f in names)
+        split: sum(loc.open_parquet(loc.join(folder, f)).metadata.num_rows for f in names)
         for split, names in files.items()
     }
 

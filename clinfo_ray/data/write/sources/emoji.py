@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,23 @@ from clinfo_ray.data.write.sources.source_table import (
     table_from_columns,
 )
 
+log = logging.getLogger(__name__)
+
 EMOJI_VERSION = "16.0.0"
 OPENMOJI_SPEC = "openmoji@17.0.0"
 STYLES = ("google", "apple", "twitter", "facebook")
 IMAGE_PX = 64
+# The terms of each style's images, as emoji-datasource's README states them (its code and
+# emoji.json are MIT), and of openmoji's data; logged when a set is fetched, listed in the
+# README's "Data licences" (tests/test_readme_claims.py checks that they agree).
+STYLE_TERMS = {
+    "google": "Apache License 2.0 (Google's Noto Emoji)",
+    "twitter": "CC BY 4.0 (Twemoji): attribution required",
+    "apple": "Copyright Apple Inc., not licensed for commercial use",
+    "facebook": "Copyright Facebook, Inc., no clear licence",
+}
+OPENMOJI_TERMS = "CC BY-SA 4.0 (OpenMoji): attribution, share-alike"
+RESTRICTED_STYLES = ("apple", "facebook")  # terms that do not allow every use
 
 
 def code_points(hexcode: str) -> str:
@@ -108,6 +122,10 @@ def load_emoji(
             raise PrepareError(f"test_style {test_style!r} leaves no train style in {styles}")
         styles = tuple(dict.fromkeys((*styles, test_style)))
     folders = {s: fetch_package(f"emoji-datasource-{s}@{EMOJI_VERSION}", cache) for s in styles}
+    for style in styles:
+        level = logging.WARNING if style in RESTRICTED_STYLES else logging.INFO
+        log.log(level, "emoji images of style %s: %s", style, STYLE_TERMS[style])
+    log.info("emoji tags of %s: %s", OPENMOJI_SPEC, OPENMOJI_TERMS)
     emoji = json.loads((folders[styles[0]] / "package" / "emoji.json").read_text())
     tags = read_openmoji_tags(fetch_package(OPENMOJI_SPEC, cache) / "package/data/openmoji.csv")
     image_dirs = {s: f / "package" / "img" / s / str(IMAGE_PX) for s, f in folders.items()}

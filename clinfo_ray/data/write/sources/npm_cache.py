@@ -35,8 +35,9 @@ def fetch_package(spec: str, cache: str | Path | None = None) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise PrepareError(
-            f"npm is not installed: it is needed to fetch {spec} "
-            "(install Node.js/npm, or copy a filled cache folder and pass --cache)"
+            f"npm is not installed: it is needed to fetch {spec} into {cache} (install "
+            "Node.js and npm, e.g. apt-get install npm; or copy a filled cache folder there, "
+            f"or name one with ${CACHE_ENV} or prepare's --cache)"
         )
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
