@@ -1,10 +1,12 @@
 """Where the fixed cost of a training run goes: the phases of one ``clinfo-ray train`` run, timed.
 
-    python benchmarks/startup_phases.py --config quickstart --set optim.epochs=3
+    python benchmarks/startup_phases.py --config quickstart --set optim.epochs=3 \
+        --set optim.warmup_epochs=1 --baseline eaca152 --revision HEAD --rounds 2
 
-Runs what ``clinfo-ray train`` runs, in this process, and prints each phase in seconds:
+Runs what ``clinfo-ray train`` runs, in a fresh process per run, and prints each phase in
+seconds (the median over ``--rounds`` runs):
 
-- ``imports``: importing the CLI and the training code (measured in a fresh interpreter);
+- ``imports``: importing the CLI and the training code (in the run's process, first);
 - ``ray_start``: ``connect_ray`` (a local Ray started, as the CLI does);
 - ``config_and_clusters``: the config, the checks before Ray and the cluster table;
 - ``controller``: from ``fit()`` to the Train controller's start;
@@ -19,20 +21,25 @@ Runs what ``clinfo-ray train`` runs, in this process, and prints each phase in s
 
 The timestamps inside ``fit()`` come from a Ray Train controller callback (the controller's
 start, its worker group's start) and from rank 0's ``metrics.jsonl`` (each epoch's record).
+
+``--baseline REV``: the same runs of the code at git revision ``REV`` (a temporary worktree,
+imported through ``PYTHONPATH``; the data and configs are this checkout's), alternated with
+the runs of this checkout (or of ``--revision REV``, a worktree too: files edited meanwhile do
+not change it), so both columns come from one invocation under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 PHASES = (
     "imports",
@@ -47,46 +54,45 @@ PHASES = (
     "ray_stop",
 )
 OUTSIDE_EPOCHS = tuple(p for p in PHASES if p != "epochs")
+REPO = Path(__file__).resolve().parents[1]
 
 
-class StampsPhases(ControllerCallback, WorkerGroupCallback):
-    """Runs in the Train controller: appends ``{"phase": ..., "time": ...}`` lines to a file."""
+def stamps_callback(path: str) -> Any:
+    """A Ray Train callback that runs in the Train controller and appends ``{"phase": ...,
+    "time": ...}`` lines to ``path`` (defined here: Ray is imported after the imports' timing)."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
-    def __init__(self, path: str) -> None:
-        self._path = path
+    class StampsPhases(ControllerCallback, WorkerGroupCallback):
+        def __init__(self, path: str) -> None:
+            self._path = path
 
-    def _stamp(self, phase: str) -> None:
-        with open(self._path, "a") as f:
-            f.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")
+        def _stamp(self, phase: str) -> None:
+            with open(self._path, "a") as f:
+                f.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")
 
-    def after_controller_start(self, train_run_context: Any) -> None:
-        self._stamp("controller_started")
+        def after_controller_start(self, train_run_context: Any) -> None:
+            self._stamp("controller_started")
 
-    def after_worker_group_start(self, worker_group: Any) -> None:
-        self._stamp("worker_group_started")
+        def after_worker_group_start(self, worker_group: Any) -> None:
+            self._stamp("worker_group_started")
 
-
-def import_seconds() -> float:
-    """Seconds a fresh interpreter takes to import the CLI and the training code."""
-    code = (
-        "import time; t = time.perf_counter(); "
-        "import clinfo_ray.commands.main, clinfo_ray.training.launch, clinfo_ray.training.worker; "
-        "print(time.perf_counter() - t)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return StampsPhases(path)
 
 
 def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]:
-    """One training run of ``config`` into ``root``; phase -> seconds."""
+    """One training run of ``config`` into ``root``, in this fresh process; phase -> seconds."""
+    t = time.time()
+    import clinfo_ray.commands.main  # what the CLI imports first
+    import clinfo_ray.training.worker  # noqa: F401  # what launch.train imports
+    from clinfo_ray.training import launch
+
+    phases: dict[str, float] = {"imports": time.time() - t}
     import ray
 
     from clinfo_ray.commands.common import connect_ray
     from clinfo_ray.config import apply_overrides, load_config
-    from clinfo_ray.training import launch
     from clinfo_ray.training.run_log import METRICS_FILE
 
-    phases: dict[str, float] = {"imports": import_seconds()}
     stamps = root / "stamps.jsonl"
     cfg = apply_overrides(load_config(config, overrides), {"run.output_dir": str(root / "runs")})
     t = time.time()
@@ -103,7 +109,7 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
 
     launch._fit = fit_stamped  # type: ignore[assignment]
     try:
-        outcome = launch.train(cfg, callbacks=[StampsPhases(str(stamps))])
+        outcome = launch.train(cfg, callbacks=[stamps_callback(str(stamps))])
     finally:
         launch._fit = real_fit  # type: ignore[assignment]
     fit_returned = time.time()
@@ -127,19 +133,85 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
     return phases
 
 
+def run_in_fresh_process(config: str, overrides: list[str], code: Path | None) -> dict[str, float]:
+    """One :func:`timed_run` in a new interpreter, importing clinfo_ray from ``code`` (a
+    checkout; None: this one), in this checkout's folder (its data and configs)."""
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    args = [sys.executable, __file__, "--one", "--config", config]
+    args += [f"--set={item}" for item in overrides]
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"a timed run failed ({code or REPO}):\n{out.stderr[-4000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if Path(result["code"]) != (code or REPO).resolve():
+        raise RuntimeError(f"the run imported clinfo_ray from {result['code']}, not {code}")
+    return result["phases"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--baseline", metavar="REV", help="also time the code at this revision")
+    parser.add_argument(
+        "--revision", metavar="REV", help="time the code at this revision (default: the files here)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each code (median)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            phases = timed_run(args.config, args.set, Path(tmp))
+        import clinfo_ray
+
+        print(json.dumps({"code": str(Path(clinfo_ray.__file__).parents[1]), "phases": phases}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        phases = timed_run(args.config, args.set, Path(tmp))
-    outside = sum(phases[p] for p in OUTSIDE_EPOCHS)
+        git = ["git", "-C", str(REPO)]
+        codes: dict[str, Path | None] = {}
+        for name, revision in (("revision", args.revision), ("baseline", args.baseline)):
+            if revision is None:
+                if name == "revision":
+                    codes["this checkout"] = None
+                continue
+            tree = Path(tmp) / name
+            add = [*git, "worktree", "add", "--detach", str(tree), revision]
+            subprocess.run(add, check=True, capture_output=True)
+            codes[f"at {revision}"] = tree
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
+        try:
+            for _ in range(args.rounds):
+                for name, code in codes.items():  # alternated: both under the same load
+                    runs[name].append(run_in_fresh_process(args.config, args.set, code))
+        finally:
+            for code in codes.values():
+                if code is not None:
+                    remove = [*git, "worktree", "remove", "--force", str(code)]
+                    subprocess.run(remove, check=False)
+    print_table(runs)
+
+
+def print_table(runs: dict[str, list[dict[str, float]]]) -> None:
+    """Each phase's median per code, the time outside the epochs against its goal, and the raw
+    runs as JSON (one line per code)."""
+    medians = {
+        name: {p: statistics.median(r[p] for r in rs) for p in PHASES} for name, rs in runs.items()
+    }
+    print(f"{'phase (s, median)':>20s}" + "".join(f"{name:>16s}" for name in medians))
     for phase in PHASES:
-        print(f"{phase:>20s} {phases[phase]:7.2f} s")
-    print(f"{'outside the epochs':>20s} {outside:7.2f} s (goal: <= 12 s)")
-    print(f"{'total':>20s} {outside + phases['epochs']:7.2f} s")
-    print(json.dumps({k: round(v, 3) for k, v in phases.items()}))
+        print(f"{phase:>20s}" + "".join(f"{m[phase]:16.2f}" for m in medians.values()))
+    outside = {name: sum(m[p] for p in OUTSIDE_EPOCHS) for name, m in medians.items()}
+    print(
+        f"{'outside the epochs':>20s}"
+        + "".join(f"{v:16.2f}" for v in outside.values())
+        + "   (goal: <= 12 s)"
+    )
+    for name, rs in runs.items():
+        print(
+            json.dumps({"code": name, "runs": [{k: round(v, 3) for k, v in r.items()} for r in rs]})
+        )
 
 
 if __name__ == "__main__":

@@ -52,3 +52,22 @@ def test_read_pieces_permutes_the_rows_of_the_pieces_given(two_files):
     assert mixed.column_names == ["id", "x"]
     with pytest.raises(ValueError, match="no pieces"):
         read_pieces(pieces.slice(0, 0), ["id"])
+
+
+def test_row_groups_of_piece_rows_give_the_same_pieces_and_read_only_them(tmp_path):
+    """prepare's row groups of PIECE_ROWS rows: the same pieces (rows and numbering, hence the
+    same batches) as one large row group, and a piece's read is its own row group only."""
+    from clinfo_ray.data.columns import PIECE_ROWS
+
+    table = pa.table({"id": list(range(100)), "x": list(range(100, 200))})
+    big, small = str(tmp_path / "big.parquet"), str(tmp_path / "small.parquet")
+    pq.write_table(table, big, row_group_size=512)
+    pq.write_table(table, small, row_group_size=PIECE_ROWS)
+    by_big, by_small = list_pieces([big], PIECE_ROWS), list_pieces([small], PIECE_ROWS)
+    assert by_big.num_rows == by_small.num_rows == -(-100 // PIECE_ROWS)
+    order = np.random.default_rng(3).permutation(by_big.num_rows)
+    for piece in order:  # piece by piece: the same rows
+        one_big, one_small = by_big.slice(int(piece), 1), by_small.slice(int(piece), 1)
+        assert read_pieces(one_big, ["id", "x"]).equals(read_pieces(one_small, ["id", "x"]))
+        assert one_small[START][0].as_py() == 0  # a whole row group: nothing read in vain
+    assert pq.ParquetFile(small).metadata.num_row_groups == by_small.num_rows

@@ -223,7 +223,9 @@ def test_stream_feeds_two_ray_train_workers(shapes_dataset, tmp_path):
 
 def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):
     """data.cache 'worker': the split read whole in file order into memory holds every good
-    image once, in index order, with the pixels the stream decoded."""
+    image once, in index order, with the pixels the stream decoded; a worker's own read
+    (pyarrow and threads, no Ray Data) gives the same rows and reports the bad image once."""
+    from clinfo_ray.data.read.drop_counter import DropTally
     from clinfo_ray.data.read.worker_cache import InMemorySplit
 
     ds = plan_of(shapes_dataset, augmentation=None, decode_size=16).dataset()
@@ -237,5 +239,14 @@ def test_worker_cache_loads_the_whole_decoded_split_once(shapes_dataset):
     }
     for row, i in enumerate(split.index.tolist()):
         assert torch.equal(split.images[row], streamed[i])
+    tally = DropTally()
+    plan = plan_of(shapes_dataset, augmentation=None, decode_size=16, drops=tally)
+    read = InMemorySplit.read(plan, threads=3)
+    for key in ("images", "index", "label"):
+        assert torch.equal(getattr(read, key), getattr(split, key)), key
+    assert tally.count() == 1 and tally.recent()[0][0] == "broken.png"
+    in_order = list(read.in_order(7))
+    assert [len(b["index"]) for b in in_order][:-1] == [7] * (len(in_order) - 1)
+    assert torch.equal(torch.cat([b[IMAGE_U8] for b in in_order]), read.images)
     batches = list(split.batches(epoch=1, seed=0, rank=0, world=1, batch_size=8, augmentation=AUG))
     assert len(batches) == N_GOOD // 8 and batches[0]["views"].shape == (8, 2, 3, 16, 16)

@@ -121,3 +121,28 @@ def test_bad_input_fails_in_one_line(
     assert main([*argv, "--embeddings", str(tmp_path / "a"), "--queries", "99"]) == 2
     assert "12 labelled test images" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_embeddings_dataset_and_picture_in_a_bucket(
+    dataset: Path, tmp_path: Path, s3_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every location a URI (the session's S3 server): the same picture, byte for byte, as from
+    local folders; a missing bucket is one line naming the key and the URI."""
+    from clinfo_ray.storage import location as loc
+
+    _embeddings(tmp_path / "clean", 0, 0.1)
+    loc.upload_dir(dataset, loc.join(s3_prefix, "ds"))
+    loc.upload_dir(tmp_path / "clean", loc.join(s3_prefix, "clean"))
+    args = ["neighbors", "--queries", "4", "--k", "3"]
+    local = [*args, "--data", str(dataset), "--embeddings", str(tmp_path / "clean")]
+    assert main([*local, "--out", str(tmp_path / "local.png")]) == 0
+    remote = [*args, "--data", loc.join(s3_prefix, "ds")]
+    remote += ["--embeddings", loc.join(s3_prefix, "clean")]
+    picture = loc.join(s3_prefix, "pictures", "grid.png")
+    assert main([*remote, "--out", picture]) == 0
+    assert loc.read_bytes(picture) == (tmp_path / "local.png").read_bytes()
+    assert "clean: " in capsys.readouterr().out  # the set is named by its folder, as locally
+    gone = "s3://no-such-bucket-here/clean"
+    assert main([*remote[:-2], "--embeddings", gone, "--out", picture]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--embeddings" in err and gone in err and "no bucket" in err and "\n" not in err

@@ -54,6 +54,10 @@ def test_emoji_dataset_has_every_base_emoji_with_labels_and_tags(emoji_dataset):
     assert not ids[C.TRAIN] & ids[C.TEST]
     img = Image.open(io.BytesIO(tables[C.TEST].column(C.IMAGE)[0].as_py()))
     assert img.size == (64, 64)
+    # a row group per stream piece (parquet_pieces): the stream reads only the rows it uses
+    shard = pq.ParquetFile(split_files(emoji_dataset, C.TRAIN)[0]).metadata
+    groups = [shard.row_group(g).num_rows for g in range(shard.num_row_groups)]
+    assert max(groups) == C.PIECE_ROWS and len(groups) == -(-shard.num_rows // C.PIECE_ROWS)
 
 
 def test_cached_package_is_reused_without_npm(monkeypatch, tmp_path):

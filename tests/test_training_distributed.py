@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from clinfo_ray.config import ModelConfig, TrainConfig
-from clinfo_ray.data.read.stream import IMAGE_U8, INDEX
+from clinfo_ray.data.read.worker_cache import InMemorySplit
 from clinfo_ray.distributed import broadcast_buffers_from_rank0, gather_to_rank0, mean_over_ranks
 from clinfo_ray.model import build_model
 from clinfo_ray.optim import build_optimizer
@@ -37,19 +37,10 @@ LOSSES = {0: [1.0, 2.0], 1: [6.0]}
 CE_STEPS, CE_CLUSTERS, CE_BATCH = 3, 3, 4
 
 
-class _Split:
-    """An unaugmented split in the shape Ray Train's dataset shard gives it to embed_split."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images  # (n, 3, S, S) uint8
-
-    def iter_torch_batches(
-        self, *, batch_size: int, drop_last: bool
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.images)
-        for start in range(0, n if not drop_last else n - n % batch_size, batch_size):
-            index = torch.arange(start, min(start + batch_size, n))
-            yield {INDEX: index, IMAGE_U8: self.images[index], "label": index % 2}
+def _split(images: torch.Tensor) -> InMemorySplit:
+    """An unaugmented split held in memory, as a worker holds the kNN bank (label: index % 2)."""
+    index = torch.arange(len(images))
+    return InMemorySplit(images=images, index=index, label=index % 2)
 
 
 def _images() -> torch.Tensor:
@@ -70,7 +61,7 @@ def _embeddings(rank_: int) -> dict[str, torch.Tensor]:
         model(torch.rand(8, 3, SIZE, SIZE) * (rank_ + 1) + 2.0 * rank_)
     before = _running_means(model).clone()
     images = _images()
-    got = embed_split(model, _Split(images), torch.device("cpu"), batch_size=3)
+    got = embed_split(model, _split(images).in_order(3), torch.device("cpu"))
     model.eval()
     with torch.no_grad():  # every row embedded here, with this rank's buffers after embed_split
         out = model(images.float() / 255.0)

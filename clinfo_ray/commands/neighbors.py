@@ -5,7 +5,8 @@ Each ``--embeddings`` folder is what ``clinfo-ray embed`` wrote for the dataset 
 with ``id`` and ``embedding``); its name on the picture is the folder's, or ``--name``. Every
 neighbour is framed green when its label matches the query's, red when not; the share of green
 frames is printed per embedding set. The same arguments give the same picture, byte for byte.
-No Ray: faiss on this machine (a GPU when faiss sees one).
+Each location may be a local path or a URI (s3://...). No Ray: faiss on this machine (a GPU
+when faiss sees one).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def locations(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from clinfo_ray.commands.common import fail
+    from clinfo_ray.data.columns import MANIFEST
     from clinfo_ray.evaluation.neighbors import NeighborsError, draw_neighbors, read_embeddings
+    from clinfo_ray.storage.checks import LocationError, check_remote
 
     if args.name and len(args.name) != len(args.embeddings):
         return fail(
@@ -60,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("neighbors", f"--queries and --k must be >= 1; got {args.queries}, {args.k}")
     names = args.name or [None] * len(args.embeddings)
     try:
+        # URIs (s3://...) first: bucket, credentials, endpoint, access
+        for folder in args.embeddings:
+            check_remote("--embeddings", folder, "folder")
+        check_remote("--data", args.data, "folder", MANIFEST)
+        check_remote("--out", args.out, "output")
         sets = [
             read_embeddings(folder, name)
             for folder, name in zip(args.embeddings, names, strict=True)
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             label_column=args.label_column,
         )
-    except NeighborsError as err:
+    except (NeighborsError, LocationError) as err:
         return fail("neighbors", err)
     for name, share in agreement.items():
         print(f"{name}: {share:.3f} of the neighbours share the query's label")

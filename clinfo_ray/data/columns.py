@@ -39,3 +39,7 @@ SCHEMA = pa.schema(
 CLUSTER_SCHEMA = pa.schema(
     [pa.field(ID, pa.string(), nullable=False), pa.field(CLUSTER, pa.int64(), nullable=False)]
 )
+
+# The training stream's unit of shuffling (data/read/parquet_pieces.py): rows per piece, and
+# per Parquet row group as prepare writes them, so that a piece is read alone.
+PIECE_ROWS = 32

@@ -30,6 +30,7 @@ from clinfo_ray.data.manifest import read_manifest, split_files
 from clinfo_ray.data.read.decode import decode_image
 from clinfo_ray.devices import faiss_gpu_count
 from clinfo_ray.evaluation.knn import flat_index, l2_normalize
+from clinfo_ray.storage import location as loc
 
 EMBEDDING = "embedding"
 MATCH, MISMATCH, QUERY = "#2ca02c", "#d62728", "#000000"
@@ -51,20 +52,23 @@ class EmbeddingSet:
 
 
 def read_embeddings(folder: str | Path, name: str | None = None) -> EmbeddingSet:
-    """Every ``*.parquet`` shard under ``folder`` (columns ``id``, ``embedding``)."""
-    folder = Path(folder)
-    shards = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+    """Every ``*.parquet`` shard under ``folder`` (a local path or a URI; columns ``id``,
+    ``embedding``)."""
+    shards = loc.list_files(folder, ".parquet")
     if not shards:
         raise NeighborsError(f"{folder}: no embeddings (*.parquet shards of clinfo-ray embed)")
+    filesystem, paths = loc.resolve_files(shards)
     try:
-        table = pa.concat_tables(pq.read_table(s, columns=[C.ID, EMBEDDING]) for s in shards)
+        table = pa.concat_tables(
+            pq.read_table(path, columns=[C.ID, EMBEDDING], filesystem=filesystem) for path in paths
+        )
     except (pa.ArrowInvalid, KeyError) as err:
         raise NeighborsError(
             f"{folder}: not embeddings with columns id, embedding ({err})"
         ) from err
     vectors = np.stack(table[EMBEDDING].to_numpy(zero_copy_only=False)).astype(np.float32)
     ids = np.asarray(table[C.ID].to_pylist(), dtype=object)
-    return EmbeddingSet(name or folder.name, ids, vectors)
+    return EmbeddingSet(name or loc.name(str(folder).rstrip("/")), ids, vectors)
 
 
 def _metadata(dataset: str | Path, label_column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,20 +77,23 @@ def _metadata(dataset: str | Path, label_column: str) -> tuple[np.ndarray, np.nd
         read_manifest(dataset)
     except (FileNotFoundError, ValueError) as err:
         raise NeighborsError(str(err)) from err
-    files = [f for split in C.SPLITS for f in split_files(dataset, split)]
-    table = ds.dataset(files, format="parquet").to_table(columns=[C.ID, C.SPLIT, label_column])
+    table = _dataset(dataset).to_table(columns=[C.ID, C.SPLIT, label_column])
     labels = table[label_column].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     ids = np.asarray(table[C.ID].to_pylist(), dtype=object)
     return ids, np.asarray(table[C.SPLIT].to_pylist(), dtype=object), labels
 
 
+def _dataset(dataset: str | Path) -> ds.Dataset:
+    """Every split's shards of a prepared dataset (a local path or a URI), as one dataset."""
+    files = [f for split in C.SPLITS for f in split_files(dataset, split)]
+    filesystem, paths = loc.resolve_files(files)
+    return ds.dataset(paths, format="parquet", filesystem=filesystem)
+
+
 def _images(dataset: str | Path, ids: Sequence[str], size: int) -> dict[str, np.ndarray]:
     """(size, size, 3) uint8 thumbnails of the rows with these ids, decoded as training does."""
-    files = [f for split in C.SPLITS for f in split_files(dataset, split)]
     wanted = pa.array(sorted(set(ids)), pa.string())
-    table = ds.dataset(files, format="parquet").to_table(
-        columns=[C.ID, C.IMAGE], filter=pc.field(C.ID).isin(wanted)
-    )
+    table = _dataset(dataset).to_table(columns=[C.ID, C.IMAGE], filter=pc.field(C.ID).isin(wanted))
     return {
         i: decode_image(blob, size).transpose(1, 2, 0)
         for i, blob in zip(table[C.ID].to_pylist(), table[C.IMAGE].to_pylist(), strict=True)
@@ -182,6 +189,5 @@ def draw_neighbors(
         )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_bytes(buffer.getvalue())
+    loc.write_bytes(str(out), buffer.getvalue())  # a local path or a URI
     return agreement

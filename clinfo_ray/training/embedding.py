@@ -1,6 +1,6 @@
 """Embeddings of a whole split on the Train workers, gathered to rank 0.
 
-Every worker reads the whole (unsplit, unaugmented) split and runs the model, with rank 0's
+Every worker has the whole (unsplit, unaugmented) split and runs the model, with rank 0's
 buffers, on its own share (rows with ``index % world == rank``); the shares are then gathered
 to rank 0, the one rank that uses them (online kNN, k-means), so the result is complete and
 exact: no row is dropped to even out the workers, as an equal split would.
@@ -8,8 +8,8 @@ exact: no row is dropped to even out the workers, as an equal split would.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,21 +32,23 @@ class SplitEmbedding:
 
 @torch.no_grad()
 def embed_split(
-    model: ContrastiveModel, shard: Any, device: torch.device, batch_size: int
+    model: ContrastiveModel, batches: Iterable[dict[str, torch.Tensor]], device: torch.device
 ) -> SplitEmbedding | None:
     """Run ``model`` (unwrapped: no DDP in eval) over one unaugmented split on every rank; the
     whole split's embedding on rank 0, None on the others (every rank must call it).
 
-    ``batch_size``: images per model call (``eval.batch_size``). Every rank first takes rank
-    0's buffers (BatchNorm running statistics): each rank updated its own during training, and
-    the rows of one split must all be embedded by the same model.
+    ``batches``: the whole split, each batch (one model call) with ``image_u8``, ``index`` and
+    ``label`` (a dataset shard's ``iter_torch_batches``, or ``InMemorySplit.in_order``).
+
+    Every rank first takes rank 0's buffers (BatchNorm running statistics): each rank updated
+    its own during training, and the rows of one split must all be embedded by the same model.
     """
     broadcast_buffers_from_rank0(model)
     was_training = model.training
     model.eval()
     me, world = rank(), world_size()
     parts: dict[str, list[torch.Tensor]] = {"index": [], "features": [], "proj": [], "label": []}
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
+    for batch in batches:
         mine = batch[INDEX] % world == me
         if not bool(mine.any()):
             continue

@@ -207,12 +207,14 @@ def build_inputs(
     drops: DropCounter | None,
 ) -> tuple[LoopInputs, dict[str, Any]]:
     """What every worker gets: the loop inputs (config, starting clusters, the training rows'
-    stream, the validation rows) and the Ray Data datasets it reads whole: the train split for
-    worker memory (data.cache 'worker', instead of the stream), and the whole train split
-    unaugmented for the online kNN (bank: training rows; queries: validation rows) and k-means."""
+    stream plan, the validation rows) and the whole train split unaugmented for the online kNN
+    (bank: training rows; queries: validation rows) and k-means. With data.cache 'worker' each
+    worker reads both splits itself (no Ray Data); else the whole split is a Ray Data dataset
+    of the run (materialised in the object store with 'object_store')."""
     from clinfo_ray.data.read.stream import StreamPlan
     from clinfo_ray.training.objective import augmentation_of
-    from clinfo_ray.training.worker import EMBED_TRAIN, LoopInputs
+    from clinfo_ray.training.split_sources import EMBED_TRAIN
+    from clinfo_ray.training.worker import LoopInputs
 
     d = cfg.data
     val = val_by_index(cfg)
@@ -227,17 +229,18 @@ def build_inputs(
         label_column=d.label_column,
     )
     datasets: dict[str, Any] = {}
-    if d.cache == "worker":  # read once, whole and in file order, by every worker
-        datasets["train"] = train.dataset()
+    whole = None
     if cfg.eval.knn_every > 0 or cfg.is_iterative_clustering:
-        plain = StreamPlan.build(
+        whole = StreamPlan.build(
             d.dataset_dir,
             augmentation=None,
             decode_size=d.image_size,
             label_column=d.label_column,
         )
-        everything = plain.dataset()
-        datasets[EMBED_TRAIN] = everything.materialize() if d.cache != "none" else everything
+        if d.cache != "worker":
+            everything = whole.dataset()
+            datasets[EMBED_TRAIN] = everything.materialize() if d.cache != "none" else everything
+            whole = None
     inputs = LoopInputs(
         config=cfg.to_dict(),
         table=table,
@@ -245,8 +248,9 @@ def build_inputs(
         steps_per_epoch=steps_per_epoch,
         run_dir=str(run_dir),
         drops=drops,
-        stream=None if d.cache == "worker" else train,
+        stream=train,
         val=val,
+        whole=whole,
     )
     return inputs, datasets
 

@@ -9,7 +9,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +21,9 @@ from torch import nn
 from clinfo_ray.checkpointing import load_checkpoint, save_checkpoint
 from clinfo_ray.clusters.assignment import clusters_by_index
 from clinfo_ray.config import TrainConfig
-from clinfo_ray.data.read.augment import ViewAugmentation
 from clinfo_ray.data.read.drop_counter import DROPPED_METRIC, DropCounter
 from clinfo_ray.data.read.stream import INDEX, StreamPlan
-from clinfo_ray.data.read.worker_cache import InMemorySplit
-from clinfo_ray.distributed import mean_over_ranks, rank, until_any_rank_ends, world_size
+from clinfo_ray.distributed import mean_over_ranks, rank, world_size
 from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.model import build_model, maybe_compile
 from clinfo_ray.optim import build_optimizer
@@ -41,15 +38,14 @@ from clinfo_ray.training.embedding import SplitEmbedding, embed_split
 from clinfo_ray.training.objective import (
     PROTOTYPE_IDS,
     TrainModule,
-    augmentation_of,
     train_module,
     train_step,
 )
 from clinfo_ray.training.run_log import RunLog
+from clinfo_ray.training.split_sources import BatchSource, WholeTrainSplit
 
 log = logging.getLogger(__name__)
 
-EMBED_TRAIN = "embed_train"  # the whole train split, unaugmented: kNN bank + queries, k-means
 PID_DIR = ".worker_pids"  # rank{r}: JSON {"pid", "node_id"} of the current attempt (ops, tests)
 LOOP_INPUTS = "inputs"  # the key of the LoopInputs in train_loop_config
 
@@ -64,8 +60,11 @@ class LoopInputs:
     steps_per_epoch: int
     run_dir: str
     drops: DropCounter | None  # counts the images the stream could not decode
-    stream: StreamPlan | None  # the training rows' stream; None with data.cache 'worker'
+    stream: StreamPlan  # the training rows (data.cache 'worker': each worker reads them whole)
     val: np.ndarray  # (n_train,) bool by index: the validation rows (never train; kNN queries)
+    # the whole train split, unaugmented, that each worker reads itself (data.cache 'worker');
+    # None: the Train dataset EMBED_TRAIN (or nothing: no kNN and no k-means)
+    whole: StreamPlan | None = None
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.config, source="the run's loop inputs")
@@ -105,13 +104,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = build_state(cfg, inputs)
     run_log = _open_run_log(state, inputs)
     source = BatchSource.open(cfg, inputs.stream, state.device)
+    whole = WholeTrainSplit(inputs.whole, state.device)
     for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
         state.epoch = epoch
         if _recluster_due(cfg, epoch):
-            recluster(state, inputs, run_log)
+            recluster(state, inputs, whole, run_log)
         metrics = train_one_epoch(state, source)
         if _knn_due(cfg, epoch):
-            metrics["eval/knn_top1"] = online_knn(state, inputs.val)
+            metrics["eval/knn_top1"] = online_knn(state, whole, inputs.val)
         if inputs.drops is not None:
             metrics[DROPPED_METRIC] = float(inputs.drops.count())
         report(state, metrics, run_log)
@@ -165,72 +165,13 @@ def _knn_due(cfg: TrainConfig, epoch: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == cfg.optim.epochs)
 
 
-@dataclass(frozen=True)
-class BatchSource:
-    """Where this rank's training batches come from: the split in worker memory (data.cache
-    'worker'), or the driver's stream plan (read by Ray Data each epoch)."""
-
-    memory: InMemorySplit | None
-    stream: StreamPlan | None
-    augmentation: ViewAugmentation | None  # the views made here (data.augment_on 'worker')
-
-    @classmethod
-    def open(cls, cfg: TrainConfig, stream: StreamPlan | None, device: torch.device) -> BatchSource:
-        augmentation = augmentation_of(cfg) if cfg.data.augment_on == "worker" else None
-        memory = _load_memory(device) if cfg.data.cache == "worker" else None
-        if memory is None and stream is None:
-            raise ValueError("without data.cache 'worker' the driver must send a StreamPlan")
-        return cls(memory, stream, augmentation)
-
-    def epoch(self, state: WorkerState) -> Iterator[dict[str, torch.Tensor]]:
-        """This rank's batches of ``state.epoch``: views (B, V, 3, S, S) float32, and (B,)
-        index and label. Every rank stops when the first runs out (streamed shares differ by a
-        few rows)."""
-        batch_size = state.cfg.data.batch_size_per_worker
-        if self.memory is None:
-            assert self.stream is not None
-            batches = self.stream.iter_epoch(
-                state.epoch,
-                batch_size=batch_size,
-                rank=rank(),
-                world=world_size(),
-                device=state.device,
-                augmentation=self.augmentation,
-            )
-            return until_any_rank_ends(batches, state.device)
-        assert self.augmentation is not None, "data.cache 'worker' implies augment_on 'worker'"
-        return self.memory.batches(
-            epoch=state.epoch,
-            seed=state.cfg.run.seed,
-            rank=rank(),
-            world=world_size(),
-            batch_size=batch_size,
-            augmentation=self.augmentation,
-        )
-
-
-def _load_memory(device: torch.device) -> InMemorySplit:
-    """The whole train split, read once from the (unsplit) dataset the driver hands over."""
-    start = time.perf_counter()
-    memory = InMemorySplit.load(ray.train.get_dataset_shard("train"), device)
-    if rank() == 0:
-        log.info(
-            "each worker holds the train split: %d images, %.1f MiB on %s, read in %.1f s",
-            len(memory),
-            memory.nbytes / 2**20,
-            device,
-            time.perf_counter() - start,
-        )
-    return memory
-
-
 def train_one_epoch(state: WorkerState, source: BatchSource) -> dict[str, float]:
     """The optimiser steps of epoch ``state.epoch`` on this rank; the epoch's metrics (the loss
     is the mean over every rank's steps, the throughput that of all ranks)."""
     start = time.perf_counter()
     losses: list[float] = []
     images, waited = 0, 0.0
-    batches = source.epoch(state)
+    batches = source.epoch(state.cfg, state.epoch, state.device)
     while True:
         asked = time.perf_counter()
         batch = next(batches, None)
@@ -258,18 +199,20 @@ def train_one_epoch(state: WorkerState, source: BatchSource) -> dict[str, float]
     }
 
 
-def _embed_train_split(state: WorkerState) -> SplitEmbedding | None:
+def _embed_train_split(state: WorkerState, whole: WholeTrainSplit) -> SplitEmbedding | None:
     """The whole train split embedded by the current model: on rank 0; None elsewhere."""
-    shard = ray.train.get_dataset_shard(EMBED_TRAIN)
-    return embed_split(state.inner.model, shard, state.device, state.cfg.eval.batch_size)
+    batches = whole.batches(state.cfg.eval.batch_size)
+    return embed_split(state.inner.model, batches, state.device)
 
 
-def recluster(state: WorkerState, inputs: LoopInputs, run_log: RunLog | None) -> None:
+def recluster(
+    state: WorkerState, inputs: LoopInputs, whole: WholeTrainSplit, run_log: RunLog | None
+) -> None:
     """The next version of the clusters on every rank: k-means of the model's embeddings of the
     whole train split on rank 0 (PCL: one per granularity, with prototypes), broadcast; rank 0
     writes its table and logs its statistics."""
     cfg = state.cfg
-    embedding = _embed_train_split(state)
+    embedding = _embed_train_split(state, whole)
     version = state.clusters.version + 1
     settings = cfg.run_clusters.kmeans
     if cfg.loss.method == "pcl":
@@ -295,10 +238,10 @@ def recluster(state: WorkerState, inputs: LoopInputs, run_log: RunLog | None) ->
         _log_cluster_stats(run_log, stats, state.step)
 
 
-def online_knn(state: WorkerState, val: np.ndarray) -> float:
+def online_knn(state: WorkerState, whole: WholeTrainSplit, val: np.ndarray) -> float:
     """kNN top-1 of the validation rows against the training rows (never the test split), on
     rank 0; nan on the other ranks and without validation rows (data.val_fraction 0)."""
-    split = _embed_train_split(state)
+    split = _embed_train_split(state, whole)
     if split is None:
         return math.nan
     queries = val[split.index]

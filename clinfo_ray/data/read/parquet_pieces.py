@@ -7,6 +7,10 @@ bytes never go through an all-to-all shuffle.
 
 Reading a piece reads its whole row group (Parquet's smallest readable unit here: one data page
 per column chunk); pieces of the same row group that land in the same task share one read.
+``prepare`` writes row groups of ``columns.PIECE_ROWS`` rows, so a piece is one row group and
+nothing is read in vain (from a bucket, every read is a request); a dataset written with larger
+row groups is cut into the same pieces (the same rows, so the same batches), read with more
+bytes.
 """
 
 from __future__ import annotations

@@ -47,7 +47,9 @@ out (the validation split, ``keep``) are filtered before decoding.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,6 @@ from clinfo_ray.data.seeding import (
 log = logging.getLogger(__name__)
 
 VIEWS, IMAGE_U8, INDEX = "views", "image_u8", "index"
-PIECE_ROWS = 32  # rows per piece: smaller mixes more, at more row-group reads per task
 TASK_ROWS = 256  # rows per Ray Data task
 SHUFFLE_BUFFER_BATCHES = 4  # the worker's local shuffle buffer, in batches
 
@@ -119,7 +120,12 @@ class DecodeViews:
         return pos.to_numpy().astype(np.int64)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        torch.set_num_threads(1)  # one task per core: no oversubscription
+        """In a Ray Data task: :meth:`rows` on one thread (one task per core)."""
+        torch.set_num_threads(1)  # no oversubscription
+        return self.rows(batch)
+
+    def rows(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        """The kept rows of ``batch`` decoded (the undecodable ones dropped and reported)."""
         index = self.index_of(batch.column(C.ID).combine_chunks())
         if self.keep is not None:
             kept = self.keep[index]
@@ -237,7 +243,7 @@ class StreamPlan:
         seed: int = 0,
         drops: DropCounter | None = None,
         cache: bool = False,
-        piece_rows: int = PIECE_ROWS,
+        piece_rows: int = C.PIECE_ROWS,
         task_rows: int = TASK_ROWS,
         label_column: str = C.LABEL,
     ) -> StreamPlan:
@@ -278,6 +284,23 @@ class StreamPlan:
         chosen = self.pieces.take(pa.array(order, type=pa.int64()))
         step = self.pieces_per_task
         return [chosen.slice(i, step) for i in range(0, chosen.num_rows, step)]
+
+    def read_whole(self, threads: int | None = None) -> dict[str, np.ndarray]:
+        """The whole split (its kept rows) read and decoded in this process, in file order:
+        the rows :meth:`dataset` gives with ``epoch`` None, without a Ray Data pipeline (pyarrow
+        reads, ``threads`` decode; default: this machine's cores, at most 8). For a split that
+        one process holds (data.cache 'worker'); a dropped image is reported as in a task."""
+        groups = self._task_groups(np.arange(self.pieces.num_rows))
+        if not groups:
+            raise ValueError("the split has no rows to read")
+        workers = threads or min(8, os.cpu_count() or 1)
+
+        def one(group: pa.Table) -> dict[str, np.ndarray]:
+            return self.decode.rows(read_pieces(group, self.decode.columns))
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
+            parts = list(pool.map(one, groups))
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def piece_order(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
         """This rank's pieces of one epoch: every ``world``-th of one permutation of all."""

@@ -1,8 +1,10 @@
 """``data.cache: worker``: each Train worker holds the whole decoded split and cuts its batches.
 
 For sets that fit on each worker (the emoji set is 5 MB at 32 px; a million 32-px images are
-3 GB), this removes all per-epoch Ray Data work: the split is streamed from Ray Data once, when
-the worker starts, and every epoch after that is a permutation and an index.
+3 GB), this removes all Ray Data work: the worker reads and decodes the split itself once, when
+it starts (``StreamPlan.read_whole``: pyarrow and a few threads), and every epoch after that is
+a permutation and an index. Reading it through a Ray Data dataset (:meth:`InMemorySplit.load`)
+gives the same rows.
 
 The order of an epoch is one global permutation of the split drawn from ``(seed, epoch)``, the
 same on every rank; global step ``i`` takes its slice ``[i*G, (i+1)*G)`` and rank ``r`` the
@@ -22,7 +24,7 @@ import torch
 
 from clinfo_ray.data import columns as C
 from clinfo_ray.data.read.augment import ViewAugmentation
-from clinfo_ray.data.read.stream import IMAGE_U8, INDEX
+from clinfo_ray.data.read.stream import IMAGE_U8, INDEX, StreamPlan
 from clinfo_ray.data.seeding import mixed_seed
 
 LOAD_BATCH = 1024
@@ -69,6 +71,20 @@ class InMemorySplit:
         return cls.from_batches(
             dataset.iter_torch_batches(batch_size=LOAD_BATCH, drop_last=False), device
         )
+
+    @classmethod
+    def read(
+        cls, plan: StreamPlan, device: torch.device | str = "cpu", threads: int | None = None
+    ) -> InMemorySplit:
+        """Read the plan's split whole in this process (no Ray Data; see the module doc)."""
+        return cls.from_batches([plan.read_whole(threads)], device)
+
+    def in_order(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The rows by ``index``, ``batch_size`` at a time (the last batch may be smaller), as
+        an unaugmented stream gives them: ``image_u8``, ``index``, ``label``."""
+        for start in range(0, len(self), batch_size):
+            rows = slice(start, start + batch_size)
+            yield {IMAGE_U8: self.images[rows], INDEX: self.index[rows], C.LABEL: self.label[rows]}
 
     def __len__(self) -> int:
         return int(self.index.shape[0])

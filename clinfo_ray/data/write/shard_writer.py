@@ -101,10 +101,11 @@ def write_shard(batch: pa.Table, *, folder: str) -> pa.Table:
     for split, good in sorted(keep.items()):
         name = f"{split}-{shard:06d}.parquet"
         table = pa.Table.from_pylist(good, schema=C.SCHEMA)
-        # Encoded images do not compress: spend no CPU on them.
+        # Encoded images do not compress: spend no CPU on them. A row group per stream piece:
+        # the stream reads exactly the rows it uses (parquet_pieces).
         codecs = {n: ("none" if n == C.IMAGE else "zstd") for n in C.SCHEMA.names}
         with loc.local_output(loc.join(folder, name)) as partial:  # whole or absent
-            pq.write_table(table, partial, compression=codecs, row_group_size=512)
+            pq.write_table(table, partial, compression=codecs, row_group_size=C.PIECE_ROWS)
         files.append(name)
         counts.append(len(good))
     return pa.table(
