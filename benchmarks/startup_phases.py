@@ -23,7 +23,7 @@ The timestamps inside ``fit()`` come from a Ray Train controller callback (the c
 start, its worker group's start) and from rank 0's ``metrics.jsonl`` (each epoch's record).
 
 ``--baseline REV``: the same runs of the code at git revision ``REV`` (a temporary worktree,
-imported through ``PYTHONPATH``; the data and configs are this checkout's), alternated with
+run in its folder, whose ``data`` links to this checkout's), alternated with
 the runs of this checkout (or of ``--revision REV``, a worktree too: files edited meanwhile do
 not change it), so both columns come from one invocation under the same load.
 """
@@ -67,8 +67,11 @@ def stamps_callback(path: str) -> Any:
             self._path = path
 
         def _stamp(self, phase: str) -> None:
+            import clinfo_ray  # where Ray's processes import it from (checked by the driver)
+
+            code = str(Path(clinfo_ray.__file__).parents[1])
             with open(self._path, "a") as f:
-                f.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")
+                f.write(json.dumps({"phase": phase, "time": time.time(), "code": code}) + "\n")
 
         def after_controller_start(self, train_run_context: Any) -> None:
             self._stamp("controller_started")
@@ -83,7 +86,7 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
     """One training run of ``config`` into ``root``, in this fresh process; phase -> seconds."""
     t = time.time()
     import clinfo_ray.commands.main  # what the CLI imports first
-    import clinfo_ray.training.worker  # noqa: F401  # what launch.train imports
+    import clinfo_ray.training.worker  # what launch.train imports
     from clinfo_ray.training import launch
 
     phases: dict[str, float] = {"imports": time.time() - t}
@@ -115,7 +118,13 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
     fit_returned = time.time()
     phases["config_and_clusters"] = fit_started["time"] - t
 
-    marks = {r["phase"]: r["time"] for r in map(json.loads, stamps.read_text().splitlines())}
+    stamped = [json.loads(line) for line in stamps.read_text().splitlines()]
+    marks = {r["phase"]: r["time"] for r in stamped}
+    import clinfo_ray
+
+    here = str(Path(clinfo_ray.__file__).parents[1])
+    if {r["code"] for r in stamped} != {here}:
+        raise RuntimeError(f"Ray's processes imported clinfo_ray from elsewhere than {here}")
     metrics_lines = (outcome.run_dir / METRICS_FILE).read_text().splitlines()
     records = [json.loads(line) for line in metrics_lines]
     epochs = [r for r in records if r.get("event") == "epoch"]
@@ -135,13 +144,14 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
 
 def run_in_fresh_process(config: str, overrides: list[str], code: Path | None) -> dict[str, float]:
     """One :func:`timed_run` in a new interpreter, importing clinfo_ray from ``code`` (a
-    checkout; None: this one), in this checkout's folder (its data and configs)."""
+    checkout; None: this one), in that checkout's folder (its ``data`` is this one's)."""
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     args = [sys.executable, __file__, "--one", "--config", config]
     args += [f"--set={item}" for item in overrides]
-    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    # in the code's own folder: Ray's workers import from the driver's working directory first
+    out = subprocess.run(args, cwd=code or REPO, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"a timed run failed ({code or REPO}):\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             tree = Path(tmp) / name
             add = [*git, "worktree", "add", "--detach", str(tree), revision]
             subprocess.run(add, check=True, capture_output=True)
+            (tree / "data").symlink_to(REPO / "data")  # this checkout's prepared datasets
             codes[f"at {revision}"] = tree
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
         try:
