@@ -22,6 +22,9 @@ seconds (the median over ``--rounds`` runs):
 The timestamps inside ``fit()`` come from a Ray Train controller callback (the controller's
 start, its worker group's start) and from rank 0's ``metrics.jsonl`` (each epoch's record).
 
+``--floor``: Ray's own fixed cost, for scale: start a local Ray as the CLI does, fit a
+TorchTrainer of 2 workers (0.5 CPU each) whose loop only reports once, stop Ray.
+
 ``--baseline REV``: the same runs of the code at git revision ``REV`` (a temporary worktree,
 run in its folder, whose ``data`` links to this checkout's), alternated with
 the runs of this checkout (or of ``--revision REV``, a worktree too: files edited meanwhile do
@@ -142,6 +145,40 @@ def timed_run(config: str, overrides: list[str], root: Path) -> dict[str, float]
     return phases
 
 
+def floor_run(cpus_per_worker: float, workers: int) -> dict[str, float]:
+    """Ray's own floor, in this fresh process: a local Ray started as the CLI starts it, then a
+    TorchTrainer of ``workers`` workers whose loop only reports once (no data, no model)."""
+    t = time.time()
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clinfo_ray.commands.common import connect_ray
+
+    phases = {"imports": time.time() - t}
+    t = time.time()
+    connect_ray(None, cpus_needed=workers * cpus_per_worker)
+    phases["ray_start"] = time.time() - t
+
+    def loop(config: dict[str, Any]) -> None:
+        ray.train.report({"done": 1.0})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.time()
+        TorchTrainer(
+            loop,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}
+            ),
+            run_config=ray.train.RunConfig(name="floor", storage_path=tmp),
+        ).fit()
+        phases["fit"] = time.time() - t
+    t = time.time()
+    ray.shutdown()
+    phases["ray_stop"] = time.time() - t
+    return phases
+
+
 def run_in_fresh_process(config: str, overrides: list[str], code: Path | None) -> dict[str, float]:
     """One :func:`timed_run` in a new interpreter, importing clinfo_ray from ``code`` (a
     checkout; None: this one), in that checkout's folder (its ``data`` is this one's)."""
@@ -170,7 +207,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each code (median)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="time only Ray's floor: a trivial 2-worker TorchTrainer (0.5 CPU each) per round",
+    )
     args = parser.parse_args(argv)
+    if args.floor:
+        for _ in range(args.rounds):  # each in a fresh process, as a command runs
+            code = (
+                "import json, sys; sys.path.insert(0, sys.argv[1]); "
+                "from startup_phases import floor_run; print(json.dumps(floor_run(0.5, 2)))"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(Path(__file__).parent)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            floor = json.loads(out.stdout.strip().splitlines()[-1])
+            total = sum(floor.values())
+            print(json.dumps({"floor": {k: round(v, 3) for k, v in floor.items()}, "total": total}))
+        return
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             phases = timed_run(args.config, args.set, Path(tmp))
