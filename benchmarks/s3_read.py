@@ -17,6 +17,7 @@ largest Parquet shard. A stream that downloaded its input first would grow by th
 
     python benchmarks/s3_read.py --data data/emoji4 [--rounds 3] [--epochs 3] [--cpus 2]
         [--batch-size 256] [--size 32] [--decode-size 64] [--piece-rows 32]
+        [--row-group-rows 32]
 """
 
 from __future__ import annotations
@@ -120,7 +121,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--piece-rows", type=int, default=None, help="rows per piece (default: the stream's)"
     )
+    parser.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=None,
+        help="first rewrite --data's shards with row groups of this many rows (the same rows; "
+        "what prepare writes today is columns.PIECE_ROWS), and read that copy from both",
+    )
     return parser.parse_args()
+
+
+def rewritten(folder: str, scratch: str, rows: int) -> str:
+    """A copy of a prepared dataset whose Parquet shards have row groups of ``rows`` rows."""
+    import pyarrow.parquet as pq
+
+    from clinfo_ray.data import columns as C
+
+    out = os.path.join(scratch, "rewritten", os.path.basename(os.path.abspath(folder)))
+    os.makedirs(out)
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".parquet"):
+            table = pq.read_table(path)
+            codecs = {n: ("none" if n == C.IMAGE else "zstd") for n in table.schema.names}
+            pq.write_table(table, os.path.join(out, name), compression=codecs, row_group_size=rows)
+        elif os.path.isfile(path):
+            shutil.copy(path, out)
+    return out
 
 
 def run_epoch(plan: Any, epoch: int, batch_size: int) -> tuple[int, float]:
@@ -135,6 +162,9 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="s3b-")  # short: Ray's socket paths live under it
     os.environ["TMPDIR"] = os.environ["RAY_TMPDIR"] = scratch
     tempfile.tempdir = scratch
+    if args.row_group_rows:
+        args.data = rewritten(args.data, scratch, args.row_group_rows)
+        print(f"read from {args.data}: row groups of {args.row_group_rows} rows", flush=True)
     with moto_server() as endpoint:
         import pyarrow.fs as pafs
         import ray

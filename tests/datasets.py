@@ -128,3 +128,32 @@ def registered_epoch(run_dir: Path) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return 0
     return int(name.removeprefix("checkpoint_epoch"))
+
+
+def tiny_run_config(
+    data: object, out: object, *, epochs: int = 2, name: str = "tiny", lr: float | None = None
+) -> str:
+    """A train config's YAML for the shapes set: one worker at half a CPU, 16-px images, the
+    split in worker memory, 30 % validation rows (the online kNN's queries), tag clusters."""
+    lr_line = f"\n  lr: {lr}" if lr is not None else ""
+    return f"""\
+data:
+  dataset_dir: {data}
+  image_size: 16
+  batch_size_per_worker: 8
+  augment_on: worker
+  cache: worker
+  val_fraction: 0.3
+clusters:
+  top_k: 2
+model:
+  cnn_width: 8
+optim:
+  epochs: {epochs}
+  warmup_epochs: 1{lr_line}
+run:
+  name: {name}
+  output_dir: {out}
+  num_workers: 1
+  cpus_per_worker: 0.5
+"""

@@ -22,34 +22,12 @@ import pytest
 from clinfo_ray.commands.main import main
 from clinfo_ray.config import apply_overrides, load_config
 from clinfo_ray.training.launch import with_absolute_paths
+from tests.datasets import tiny_run_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny run: one worker at half a CPU, 4 epochs of 16-px shapes.
-CONFIG = """\
-data:
-  dataset_dir: {data}
-  image_size: 16
-  batch_size_per_worker: 8
-  augment_on: worker
-  cache: worker
-  val_fraction: 0.3
-clusters:
-  top_k: 2
-model:
-  cnn_width: 8
-optim:
-  epochs: 4
-  warmup_epochs: 1
-  lr: 0.3
-run:
-  name: tiny
-  output_dir: {out}
-  num_workers: 1
-  cpus_per_worker: 0.5
-"""
 
 # Six trials, one at a time, in grid order (the first key varies fastest):
 #   0: batch 8, knn_k 5      trains
@@ -168,7 +146,8 @@ def search(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Se
 
     root = tmp_path_factory.mktemp("tune")
     config = root / "tiny.yaml"
-    config.write_text(CONFIG.format(data=shapes_dataset, out=root / "runs"))
+    # a tiny run: one worker at half a CPU, 4 epochs of 16-px shapes
+    config.write_text(tiny_run_config(shapes_dataset, root / "runs", epochs=EPOCHS, lr=0.3))
     space = root / f"{NAME}.yaml"
     space.write_text(SPACE)
     args = ["--space", str(space), "--config", str(config), "--max-concurrent", "1"]

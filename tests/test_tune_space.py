@@ -363,7 +363,7 @@ def test_outputs_csv_table_best_yaml_and_heatmap(tmp_path: Path) -> None:
     assert best == apply_overrides(
         QUICKSTART, {"optim.lr": 0.1, "loss.temperature": 0.2, "run.name": "grid-best"}
     )
-    assert written["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(written["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = format_table(RECORDS, space.keys, best_record(RECORDS)).splitlines()
     assert table[0].split() == [
         "trial",

@@ -190,7 +190,7 @@ def test_a_trial_stopped_before_its_first_report_frees_its_workers(
     plan = _plan(shapes_dataset, tmp_path, cache="none")  # every epoch streams through Ray Data
     cpus, known = _all_cpus_free(), set(_train_groups(set()))
     try:
-        _fit(make_trainable(plan), tmp_path, StarveThenStop(plan.trials_dir, known, cpus))
+        _fit(make_trainable(plan), tmp_path, StarveThenStop(Path(plan.trials_dir), known, cpus))
         assert _train_groups(known), "the trial's run never reserved its workers"
     finally:
         if SPARE in {entry["name"] for entry in ray.util.placement_group_table().values()}:

@@ -140,6 +140,7 @@ def _search(base: TrainConfig, space: SearchSpace, settings: SearchSettings) -> 
     import ray
 
     from clinfo_ray.devices import ray_uses_gpu
+    from clinfo_ray.storage import location as loc
     from clinfo_ray.tuning.report import best_record, collect, format_table, write_outputs
     from clinfo_ray.tuning.search import derived_max_concurrent, run_search, search_dir
     from clinfo_ray.tuning.trial import TRIALS_DIR
@@ -166,7 +167,7 @@ def _search(base: TrainConfig, space: SearchSpace, settings: SearchSettings) -> 
         print(f"best:    {written['best']}  (clinfo-ray train --config {written['best']})")
     if written["plot"] is not None:
         print(f"plot:    {written['plot']}")
-    print(f"tensorboard --logdir {folder / TRIALS_DIR}")
+    print(f"tensorboard --logdir {loc.join(folder, TRIALS_DIR)}")
     if best is None:
         from clinfo_ray.commands.common import fail
 

@@ -58,6 +58,20 @@ def config_path(name_or_path: str | Path) -> Path:
     return named_file(name_or_path, BUNDLED_DIR, "config")
 
 
+def _uri_or_config_path(name: str | Path) -> Any:
+    """A URI (``s3://bucket/best.yaml``: a search's best.yaml in a bucket) as it is; else
+    :func:`config_path`."""
+    return name if isinstance(name, str) and "://" in name else config_path(name)
+
+
+def _read_text(path: str | Path) -> str:
+    if isinstance(path, str):  # a URI
+        from clinfo_ray.storage import location as loc
+
+        return loc.read_text(path)
+    return path.read_text()
+
+
 def _is_text(tp: Any) -> bool:
     return tp is str or (typing.get_origin(tp) is types.UnionType and str in typing.get_args(tp))
 
@@ -123,9 +137,9 @@ def load_config(
 
     Errors name the dotted key, the bad value, and where it came from (the file and line, or
     --set)."""
-    path = config_path(path)
+    path = _uri_or_config_path(path)
     try:
-        text = path.read_text()
+        text = _read_text(path)
         raw = yaml.load(text, Loader=YamlLoader) or {}
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err

@@ -12,16 +12,19 @@ values: ``clinfo-ray train --config best.yaml`` trains it (run.name NAME-best).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import yaml
 
 from clinfo_ray.config import TrainConfig, apply_overrides
+from clinfo_ray.storage import location as loc
 from clinfo_ray.training.run_log import METRICS_FILE
 from clinfo_ray.tuning.search import METRIC
 from clinfo_ray.tuning.space import SearchSpace
@@ -63,13 +66,13 @@ def _history_from_frame(frame: Any) -> dict[int, float | None]:
     return history
 
 
-def _history_from_run(run_dir: Path) -> dict[int, float | None]:
+def _history_from_run(run_dir: str) -> dict[int, float | None]:
     """epoch -> metric from the trial run's own metrics.jsonl (rank 0 writes every epoch)."""
     history: dict[int, float | None] = {}
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
+    path = loc.join(run_dir, METRICS_FILE)
+    if not loc.is_file(path):
         return history
-    for line in path.read_text().splitlines():
+    for line in loc.read_text(path).splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -90,23 +93,26 @@ def _trials(grid: Any) -> dict[str, Any]:
 def _params(result: Any, trial: Any, keys: Sequence[str]) -> dict[str, Any]:
     config = getattr(trial, "config", None) or result.config or {}
     if not config:
-        params_file = Path(result.path) / "params.json"  # Tune writes it as a trial starts
-        if params_file.is_file():
-            config = json.loads(params_file.read_text())
+        # Tune writes it as a trial starts, on the search's filesystem (a disk or a bucket)
+        filesystem = getattr(result, "filesystem", None) or pafs.LocalFileSystem()
+        params_file = posixpath.join(result.path, "params.json")
+        if filesystem.get_file_info(params_file).type == pafs.FileType.File:
+            with filesystem.open_input_stream(params_file) as stream:
+                config = json.loads(stream.read().decode("utf-8"))
     return {key: config.get(key) for key in keys}
 
 
-def collect(grid: Any, search_dir: Path, space: SearchSpace, epochs: int) -> list[TrialRecord]:
+def collect(grid: Any, search_dir: str, space: SearchSpace, epochs: int) -> list[TrialRecord]:
     """One record per trial of a Tune ResultGrid, by trial id (for grid and random search the
     order the trials were made in). The metric history is what Tune received, else (a trial
     Tune started again after its run had ended) what the trial's run logged itself."""
     trials = _trials(grid)
     records = []
     for result in grid:
-        trial_id = Path(result.path).name  # trial folders are named by trial id
+        trial_id = posixpath.basename(result.path.rstrip("/"))  # folders named by trial id
         history = _history_from_frame(getattr(result, "metrics_dataframe", None))
         if not history:
-            history = _history_from_run(search_dir / TRIALS_DIR / trial_id)
+            history = _history_from_run(loc.join(search_dir, TRIALS_DIR, trial_id))
         scores = [v for _, v in sorted(history.items()) if v is not None]
         done = max(history, default=0)
         trial = trials.get(trial_id)
@@ -151,14 +157,14 @@ def best_config(base: TrainConfig, best: TrialRecord, name: str) -> Any:
     return apply_overrides(cfg, {"run.name": f"{name}-best"})
 
 
-def write_best_yaml(path: Path, cfg: TrainConfig, best: TrialRecord, name: str) -> None:
+def write_best_yaml(path: str, cfg: TrainConfig, best: TrialRecord, name: str) -> None:
     shown = ", ".join(f"{k}={v}" for k, v in best.params.items())
     header = (
         f"# The best trial ({best.trial_id}, {best.status}) of the search {name!r}: {shown}\n"
         f"# {METRIC} (validation split): final {_fmt(best.final)}, best {_fmt(best.best)}\n"
         f"# clinfo-ray train --config {path}\n"
     )
-    path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    loc.write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _fmt(value: Any) -> str:
@@ -169,14 +175,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_csv(path: Path, records: Sequence[TrialRecord], keys: Sequence[str]) -> None:
+def write_csv(path: str, records: Sequence[TrialRecord], keys: Sequence[str]) -> None:
     fields = ["trial_id", *keys, "status", "epochs", "final", "best", "error"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
-        for r in records:
-            values = [r.params.get(k) for k in keys]
-            writer.writerow([r.trial_id, *values, r.status, r.epochs, r.final, r.best, r.error])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(fields)
+    for r in records:
+        values = [r.params.get(k) for k in keys]
+        writer.writerow([r.trial_id, *values, r.status, r.epochs, r.final, r.best, r.error])
+    loc.write_text(path, handle.getvalue())
 
 
 def format_table(
@@ -207,7 +214,7 @@ def format_table(
     return "\n".join([*lines, note, *errors])
 
 
-def plot(path: Path, records: Sequence[TrialRecord], space: SearchSpace, title: str) -> Path | None:
+def plot(path: str, records: Sequence[TrialRecord], space: SearchSpace, title: str) -> str | None:
     """A PNG of each trial's best metric over the searched values: one key, the metric
     against its values; two keys, a heatmap (each cell the best trial in it; a continuous key
     in bins); more, one panel per key. None when no trial has a score."""
@@ -230,7 +237,8 @@ def plot(path: Path, records: Sequence[TrialRecord], space: SearchSpace, title: 
             _scatter(ax, scored, space, key, best)
     fig.suptitle(f"{title}: best {METRIC} (validation) per trial")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with loc.local_output(path) as local:  # a local path or a URI
+        fig.savefig(local, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -321,22 +329,22 @@ def _heatmap(
 
 
 def write_outputs(
-    search_dir: Path,
+    search_dir: str,
     records: Sequence[TrialRecord],
     space: SearchSpace,
     base: TrainConfig,
     name: str,
-) -> dict[str, Path | None]:
-    """trials.csv, best.yaml and NAME.png in the search's folder; their paths (None for what
-    could not be made: no scored trial)."""
-    written: dict[str, Path | None] = {}
-    write_csv(search_dir / CSV_FILE, records, space.keys)
-    written["csv"] = search_dir / CSV_FILE
+) -> dict[str, str | None]:
+    """trials.csv, best.yaml and NAME.png in the search's folder (a local path or a URI);
+    their locations (None for what could not be made: no scored trial)."""
+    written: dict[str, str | None] = {}
+    written["csv"] = loc.join(search_dir, CSV_FILE)
+    write_csv(written["csv"], records, space.keys)
     best = best_record(records)
     written["best"] = None
     if best is not None:
-        path = search_dir / BEST_FILE
+        path = loc.join(search_dir, BEST_FILE)
         write_best_yaml(path, best_config(base, best, name), best, name)
         written["best"] = path
-    written["plot"] = plot(search_dir / f"{name}.png", records, space, name)
+    written["plot"] = plot(loc.join(search_dir, f"{name}.png"), records, space, name)
     return written

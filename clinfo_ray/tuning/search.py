@@ -7,9 +7,11 @@ actor holds a token of CPU, so Tune's own accounting cannot bound the trials: th
 once is derived from the cluster's resources and each trial's workers (``--max-concurrent``
 overrides it); a trial that cannot get its workers yet waits for them.
 
-A search is ``<run.output_dir>/tune/NAME/``. Running the same command again restores it: the
-finished and errored trials stay as they are, the unfinished ones run again (each resuming its
-own checkpoints). The folder records the space, the base config and the search settings it was
+A search is ``<run.output_dir>/tune/NAME/``, a local folder or a bucket's (``run.output_dir``
+a URI: Tune's experiment, the trials' runs and the outputs all go there through pyarrow; no
+node needs a shared disk). Running the same command again restores it: the finished and
+errored trials stay as they are, the unfinished ones run again (each resuming its own
+checkpoints). The folder records the space, the base config and the search settings it was
 started with (``search.json``): another one under the same name is refused.
 """
 
@@ -19,12 +21,14 @@ import importlib.util
 import json
 import logging
 import math
+import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from clinfo_ray.config import ConfigError, TrainConfig
+from clinfo_ray.storage import location as loc
 from clinfo_ray.tuning.space import SearchSpace
 from clinfo_ray.tuning.trial import TUNER_DIR, TrialPlan
 
@@ -56,8 +60,9 @@ class SearchSettings:
         return self.grace_period or max(1, epochs // 4)
 
 
-def search_dir(base: TrainConfig, name: str) -> Path:
-    return Path(base.run.output_dir).resolve() / "tune" / name
+def search_dir(base: TrainConfig, name: str) -> str:
+    """The search's folder: an absolute local path, or a URI."""
+    return loc.join(loc.absolute(base.run.output_dir), "tune", name)
 
 
 def trial_resources(cfg: TrainConfig, gpu: bool) -> dict[str, float]:
@@ -122,33 +127,32 @@ def _first_difference(old: Any, new: Any, where: str = "") -> str:
     return f"{where}: {old!r} then, {new!r} now"
 
 
-def claim_folder(path: Path, record: dict[str, Any], what: str, hint: str) -> bool:
-    """Record what a search or study is (``record``, JSON) at ``path``; True when the same
-    record was there already (a rerun). Another one there is a ConfigError naming the first
-    difference and ending in ``hint`` (what to do instead)."""
+def claim_folder(path: str | Path, record: dict[str, Any], what: str, hint: str) -> bool:
+    """Record what a search or study is (``record``, JSON) at ``path`` (a local path or a
+    URI); True when the same record was there already (a rerun). Another one there is a
+    ConfigError naming the first difference and ending in ``hint`` (what to do instead)."""
     record = json.loads(json.dumps(record))  # as it reads back
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if loc.is_file(path):
+        old = json.loads(loc.read_text(path))
         if old != record:
             raise ConfigError(
-                f"{what} in {path.parent} was started differently "
+                f"{what} in {loc.parent(str(path))} was started differently "
                 f"({_first_difference(old, record)}): {hint}"
             )
         return True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    loc.write_text(str(path), json.dumps(record, indent=2) + "\n")
     return False
 
 
 def claim_search_dir(
-    folder: Path, base: TrainConfig, space: SearchSpace, settings: SearchSettings
+    folder: str, base: TrainConfig, space: SearchSpace, settings: SearchSettings
 ) -> bool:
     """Record what this search is in its folder; True when the folder already held it (a
     rerun). Another search under the same name is a ConfigError."""
     return claim_folder(
-        folder / RECORD_FILE,
+        loc.join(folder, RECORD_FILE),
         _record(base, space, settings),
-        f"the search {folder.name!r}",
+        f"the search {loc.name(folder)!r}",
         "pass another --name, or delete the folder to start it over",
     )
 
@@ -201,13 +205,17 @@ def run_search(
 
     folder = search_dir(base, settings.name)
     rerun = claim_search_dir(folder, base, space, settings)
-    trainable = make_trainable(TrialPlan(base.to_dict(), str(folder)))
-    experiment = folder / TUNER_DIR
-    if rerun and tune.Tuner.can_restore(str(experiment)):
+    trainable = make_trainable(TrialPlan(base.to_dict(), folder))
+    # Tune writes through the folder's pyarrow filesystem: a local one, or the bucket's
+    filesystem, path = loc.resolve(folder)
+    storage = filesystem if loc.is_uri(folder) else None
+    experiment = posixpath.join(path, TUNER_DIR)
+    if rerun and tune.Tuner.can_restore(experiment, storage_filesystem=storage):
         log.info("resuming the search in %s (finished trials are kept)", folder)
         tuner = tune.Tuner.restore(
-            str(experiment),
+            experiment,
             trainable=trainable,
+            storage_filesystem=storage,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
@@ -229,7 +237,8 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=TUNER_DIR,
-                storage_path=str(folder),
+                storage_path=path,
+                storage_filesystem=storage,
                 failure_config=tune.FailureConfig(max_failures=0),  # a crash is an error
                 verbose=1,
             ),

@@ -5,7 +5,8 @@ its trial id under ``trials/`` (checkpoints, metrics.jsonl, TensorBoard: ``tenso
 trials`` shows every trial), so a trial Tune starts again resumes its own checkpoints. The
 cluster tables of the fixed methods are built once per distinct clusters config and dataset
 into ``clusters/<hash>.parquet``, under a file lock, and every trial with that config trains on
-the same table (``clusters.table_path``). Nothing here imports Ray.
+the same table (``clusters.table_path``). A search in a bucket has no lock to take: each trial
+builds its own table in its own run folder (resumed with the run). Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from clinfo_ray.clusters.build import build_clusters, stats_path
 from clinfo_ray.config import TrainConfig, apply_overrides
 from clinfo_ray.data import columns as C
+from clinfo_ray.storage import location as loc
 
 TRIALS_DIR = "trials"  # the trials' training runs, one folder per trial id
 CLUSTERS_DIR = "clusters"  # the shared cluster tables
@@ -42,19 +44,21 @@ class TrialPlan:
     search_dir: str
 
     @property
-    def trials_dir(self) -> Path:
-        return Path(self.search_dir) / TRIALS_DIR
+    def trials_dir(self) -> str:
+        """The trials' runs: a local path, or a URI for a search in a bucket."""
+        return loc.join(self.search_dir, TRIALS_DIR)
 
     @property
-    def clusters_dir(self) -> Path:
-        return Path(self.search_dir) / CLUSTERS_DIR
+    def clusters_dir(self) -> Path | None:
+        """The shared cluster tables; None for a search in a bucket (no lock there)."""
+        return None if loc.is_uri(self.search_dir) else Path(self.search_dir) / CLUSTERS_DIR
 
     def trial_config(self, params: Mapping[str, Any], trial_id: str) -> Any:
         """The trial's config: the base with the drawn ``params``, run ``trial_id`` under
         ``trials/``, the online kNN every epoch (the search's metric)."""
         own = {
             "run.name": trial_id,
-            "run.output_dir": str(self.trials_dir),
+            "run.output_dir": self.trials_dir,
             "eval.knn_every": 1,
         }
         base = TrainConfig.from_dict(self.base, "the search's base config")
@@ -67,12 +71,12 @@ def cluster_table_key(cfg: TrainConfig) -> str:
     downstream label column."""
     clusters = dataclasses.asdict(cfg.run_clusters)
     clusters.pop("table_path", None)
-    folder = Path(cfg.data.dataset_dir).resolve()
-    manifest = hashlib.sha256((folder / C.MANIFEST).read_bytes()).hexdigest()
+    folder = loc.absolute(cfg.data.dataset_dir)
+    manifest = hashlib.sha256(loc.read_bytes(loc.join(folder, C.MANIFEST))).hexdigest()
     text = json.dumps(
         {
             "clusters": clusters,
-            "dataset": str(folder),
+            "dataset": folder,
             "manifest": manifest,
             "label_column": cfg.data.label_column,  # the statistics beside the table use it
         },
@@ -93,11 +97,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def shared_cluster_table(cfg: TrainConfig, cache_dir: Path) -> Path | None:
+def shared_cluster_table(cfg: TrainConfig, cache_dir: Path | None) -> Path | None:
     """The cached table of ``cfg``'s starting clusters, built by the first trial that needs it
     (the others wait on the lock, then read it); None when the run takes no shared table (its
-    own ``clusters.table_path``, fixed instance or label clusters, iterative k-means)."""
-    if cfg.clusters.table_path or cfg.cluster_method not in SHARED_METHODS:
+    own ``clusters.table_path``, fixed instance or label clusters, iterative k-means, or no
+    ``cache_dir``: a search in a bucket)."""
+    if cache_dir is None or cfg.clusters.table_path or cfg.cluster_method not in SHARED_METHODS:
         return None
     key = cluster_table_key(cfg)
     table = cache_dir / f"{key}.parquet"
@@ -115,7 +120,7 @@ def shared_cluster_table(cfg: TrainConfig, cache_dir: Path) -> Path | None:
     return table
 
 
-def with_shared_clusters(cfg: TrainConfig, cache_dir: Path) -> Any:
+def with_shared_clusters(cfg: TrainConfig, cache_dir: Path | None) -> Any:
     """``cfg`` training on the shared table of its clusters (unchanged when it takes none)."""
     table = shared_cluster_table(cfg, cache_dir)
     if table is None:
