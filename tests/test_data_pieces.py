@@ -71,3 +71,14 @@ def test_row_groups_of_piece_rows_give_the_same_pieces_and_read_only_them(tmp_pa
         assert read_pieces(one_big, ["id", "x"]).equals(read_pieces(one_small, ["id", "x"]))
         assert one_small[START][0].as_py() == 0  # a whole row group: nothing read in vain
     assert pq.ParquetFile(small).metadata.num_row_groups == by_small.num_rows
+
+
+def test_a_file_written_again_is_read_again(tmp_path):
+    """A process keeps the footers it read, by file, size and time: a file written again under
+    the same name is listed and read anew, not through its old footer."""
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"id": [1, 2, 3]}), path)
+    assert read_pieces(list_pieces([path], 2), ["id"]).column("id").to_pylist() == [1, 2, 3]
+    pq.write_table(pa.table({"id": [7, 8, 9, 10, 11]}), path, row_group_size=4)
+    pieces = list_pieces([path], 2)
+    assert read_pieces(pieces, ["id"]).column("id").to_pylist() == [7, 8, 9, 10, 11]
