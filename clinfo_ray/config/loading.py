@@ -99,7 +99,7 @@ def parse_set_overrides(items: Sequence[str], root: type[_Root] = TrainConfig) -
     return overrides
 
 
-def yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+def yaml_error(path: str | Path, err: yaml.YAMLError) -> ConfigError:
     mark = getattr(err, "problem_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     what = getattr(err, "problem", None) or str(err).splitlines()[0]

@@ -338,8 +338,9 @@ def write_outputs(
     """trials.csv, best.yaml and NAME.png in the search's folder (a local path or a URI);
     their locations (None for what could not be made: no scored trial)."""
     written: dict[str, str | None] = {}
-    written["csv"] = loc.join(search_dir, CSV_FILE)
-    write_csv(written["csv"], records, space.keys)
+    csv_path = loc.join(search_dir, CSV_FILE)
+    write_csv(csv_path, records, space.keys)
+    written["csv"] = csv_path
     best = best_record(records)
     written["best"] = None
     if best is not None:
