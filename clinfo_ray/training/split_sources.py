@@ -93,11 +93,12 @@ def _read_memory(plan: StreamPlan, device: torch.device) -> InMemorySplit:
 
 class WholeTrainSplit:
     """The whole train split, unaugmented (the kNN bank and its queries, what k-means
-    clusters): from ``plan``, read by this worker at its first use and kept (data.cache
-    'worker'), or else from the Train dataset ``EMBED_TRAIN`` each time."""
+    clusters): from ``plan``, read by this worker at its first use and kept in host memory
+    (data.cache 'worker'; the embedding moves each batch to the device, so a GPU holds only the
+    training split), or else from the Train dataset ``EMBED_TRAIN`` each time."""
 
-    def __init__(self, plan: StreamPlan | None, device: torch.device) -> None:
-        self._plan, self._device = plan, device
+    def __init__(self, plan: StreamPlan | None) -> None:
+        self._plan = plan
         self._memory: InMemorySplit | None = None
 
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -105,5 +106,5 @@ class WholeTrainSplit:
             shard = ray.train.get_dataset_shard(EMBED_TRAIN)
             return iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=False))
         if self._memory is None:
-            self._memory = InMemorySplit.read(self._plan, self._device)
+            self._memory = InMemorySplit.read(self._plan, "cpu")
         return self._memory.in_order(batch_size)

@@ -104,7 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = build_state(cfg, inputs)
     run_log = _open_run_log(state, inputs)
     source = BatchSource.open(cfg, inputs.stream, state.device)
-    whole = WholeTrainSplit(inputs.whole, state.device)
+    whole = WholeTrainSplit(inputs.whole)
     for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
         state.epoch = epoch
         if _recluster_due(cfg, epoch):
