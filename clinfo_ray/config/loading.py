@@ -61,15 +61,15 @@ def config_path(name_or_path: str | Path) -> Path:
 def _uri_or_config_path(name: str | Path) -> Any:
     """A URI (``s3://bucket/best.yaml``: a search's best.yaml in a bucket) as it is; else
     :func:`config_path`."""
-    return name if isinstance(name, str) and "://" in name else config_path(name)
+    from clinfo_ray.storage import location as loc
+
+    return name if isinstance(name, str) and loc.is_uri(name) else config_path(name)
 
 
 def _read_text(path: str | Path) -> str:
-    if isinstance(path, str):  # a URI
-        from clinfo_ray.storage import location as loc
+    from clinfo_ray.storage import location as loc
 
-        return loc.read_text(path)
-    return path.read_text()
+    return loc.read_text(path) if isinstance(path, str) else path.read_text()
 
 
 def _is_text(tp: Any) -> bool:
