@@ -120,11 +120,14 @@ def write_metadata_dataset(root: Path, rows: dict[str, list], shards: int = 2) -
     return root
 
 
-def registered_epoch(run_dir: Path) -> int:
-    """The epoch of the newest checkpoint Ray Train has registered for a run (0 while none)."""
+def registered_epoch(run_dir: str | Path) -> int:
+    """The epoch of the newest checkpoint Ray Train has registered for a run (0 while none): a
+    local run folder or one in a bucket."""
+    from clinfo_ray.storage import location as loc
+
     try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        text = loc.read_text(loc.join(run_dir, "checkpoint_manager_snapshot.json"))
+        name = json.loads(text)["latest_checkpoint_result"]["checkpoint_dir_name"]
     except (OSError, ValueError, KeyError, TypeError):
         return 0
     return int(name.removeprefix("checkpoint_epoch"))

@@ -3,7 +3,7 @@ the driver of tests/test_multinode.py, run in a process of its own (the test pro
 holds the session's Ray, and a process joins one Ray cluster at most).
 
     python tests/multinode_driver.py --dataset DIR --out DIR --result FILE \\
-        [--scenarios two-nodes,node-lost] [--epochs 6]
+        [--scenarios two-nodes,node-lost] [--epochs 6] [--bucket URI]
 
 The cluster (``ray.cluster_utils.Cluster``): a head node of 1 logical CPU (this driver, Ray
 Train's controller and Ray Data's tasks; too small for a Train worker) and two worker nodes of 2
@@ -11,7 +11,10 @@ CPUs each. A Train worker asks for ``run.cpus_per_worker`` 1.5, so a worker node
 one: the two ranks run on different nodes (Ray Train packs its workers onto as few nodes as
 fit, so a node with room for both would take both). Storage (``run.output_dir``) is one local
 folder, which every node sees: they share this machine's file system, as the nodes of a real
-cluster share NFS.
+cluster share NFS. With ``--bucket URI`` the ``node-lost`` scenario shares nothing but the
+bucket instead: its dataset is read from ``URI/dataset`` (uploaded by the caller) and its run
+(checkpoints, logs, the workers' records) is written to ``URI/runs``; the driver works from an
+empty folder of its own and nothing of the run is written on this machine's disk.
 
 Scenarios, run one after the other on the same cluster, each a run of its own name:
 
@@ -66,7 +69,7 @@ SCENARIOS = ("two-nodes", "node-lost")
 LOSE_AFTER_EPOCH = 1
 
 
-def tiny_overrides(dataset: Path, out: Path, name: str, epochs: int) -> list[str]:
+def tiny_overrides(dataset: object, out: object, name: str, epochs: int) -> list[str]:
     """The quickstart cut down for 2 cores: 16-px views of the shapes dataset, a 4-wide CNN,
     8 images per worker, the split in worker memory (the exactly repeatable input path), no
     online kNN. The test's single-node reference run uses the same list."""
@@ -93,18 +96,17 @@ def tiny_overrides(dataset: Path, out: Path, name: str, epochs: int) -> list[str
     ]
 
 
-def worker_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """``rank0`` / ``rank1`` -> {"pid", "node_id"} of the current attempt's workers."""
+def worker_records(run_dir: str) -> dict[str, dict[str, Any]]:
+    """``rank0`` / ``rank1`` -> {"pid", "node_id"} of the current attempt's workers (a local
+    run folder or one in a bucket)."""
+    from clinfo_ray.storage import location as loc
     from clinfo_ray.training.worker import PID_DIR
 
-    folder = run_dir / PID_DIR
-    if not folder.is_dir():
+    folder = loc.join(run_dir, PID_DIR)
+    if not loc.is_dir(folder):
         return {}
-    return {
-        path.name: json.loads(path.read_text())
-        for path in sorted(folder.glob("rank*"))
-        if path.is_file()
-    }
+    names = sorted(n for n in loc.list_names(folder) if n.startswith("rank"))
+    return {name: json.loads(loc.read_text(loc.join(folder, name))) for name in names}
 
 
 def _say(message: str) -> None:
@@ -142,7 +144,7 @@ class Training(threading.Thread):
             self.error = err
 
 
-def lose_a_node(cluster: Any, run_dir: Path, training: Training, timeout_s: float) -> dict:
+def lose_a_node(cluster: Any, run_dir: str, training: Training, timeout_s: float) -> dict:
     """Once the checkpoint of LOSE_AFTER_EPOCH is registered, kill every process of the worker
     node that holds rank 0, then add a fresh worker node of the same size. Returns what it did."""
     deadline = time.monotonic() + timeout_s
@@ -180,10 +182,14 @@ def run_one(cluster: Any, scenario: str, args: argparse.Namespace) -> dict[str, 
 
     from clinfo_ray.checkpointing import read_checkpoint_state
     from clinfo_ray.config import load_config
+    from clinfo_ray.storage import location as loc
     from clinfo_ray.training.launch import check_before_ray
 
-    cfg = load_config(QUICKSTART, tiny_overrides(args.dataset, args.out, scenario, args.epochs))
-    run_dir = Path(args.out).resolve() / scenario
+    dataset, out = args.dataset, Path(args.out).resolve()
+    if scenario == "node-lost" and args.bucket:  # nothing shared but the bucket
+        dataset, out = loc.join(args.bucket, "dataset"), loc.join(args.bucket, "runs")
+    cfg = load_config(QUICKSTART, tiny_overrides(dataset, out, scenario, args.epochs))
+    run_dir = loc.join(out, scenario)
     report: dict[str, Any] = {}
     training = Training(cfg)
     started = time.monotonic()
@@ -196,10 +202,11 @@ def run_one(cluster: Any, scenario: str, args: argparse.Namespace) -> dict[str, 
     if training.error is not None:
         raise training.error
     outcome = training.outcome
-    state = read_checkpoint_state(outcome.checkpoint)
+    state = read_checkpoint_state(outcome.checkpoint_uri)
     report.update(
         train_s=round(time.monotonic() - started, 2),
-        run_dir=str(outcome.run_dir),
+        run_dir=str(run_dir),
+        storage=cfg.run.output_dir,
         steps_per_epoch=check_before_ray(cfg),
         final_epoch=state.epoch,
         final_step=state.step,
@@ -273,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", type=_scenarios, default=list(SCENARIOS))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--bucket", help="node-lost shares only this bucket (URI/dataset, /runs)")
     parser.add_argument("--keep-ray-logs", action="store_true", help="keep RAY_TMPDIR")
     args = parser.parse_args(argv)
 

@@ -20,6 +20,7 @@ from clinfo_ray.commands.demo import (
     NEIGHBOR_K,
     NEIGHBOR_QUERIES,
     PICTURE,
+    demo_schedule,
     format_table,
     summary_row,
 )
@@ -49,6 +50,21 @@ def test_the_demo_runs_two_methods_of_the_study_with_one_budget() -> None:
             cfgs[0].run,
         )
     assert cfgs[0].data.dataset_dir == study.prepare.out  # the study's own dataset, prepared
+
+
+def test_the_demo_schedule_scales_the_warm_up_and_keeps_the_study_s_own() -> None:
+    cfg = load_study(DEMO_STUDY).trial_config("simclr", 0)
+    assert cfg.optim.epochs == 22
+    assert demo_schedule(cfg, None) == {} and demo_schedule(cfg, 22) == {}
+    short = demo_schedule(cfg, 11)
+    assert short == {"optim.epochs": 11, "optim.warmup_epochs": cfg.optim.warmup_epochs / 2}
+    assert demo_schedule(cfg, 1) == {"optim.epochs": 1, "optim.warmup_epochs": 0.0}
+
+
+def test_a_bad_epoch_count_fails_in_one_line_before_ray(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--epochs", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["clinfo-ray demo: error: --epochs: 0 is not >= 1"]
 
 
 def test_summary_rows_have_the_documented_keys_and_the_table_shows_them() -> None:
@@ -103,9 +119,12 @@ def test_the_demo_ends_with_the_neighbours_picture_of_both_methods(
     }
 
     def train(cfg: TrainConfig) -> TrainOutcome:  # makes the run's folder, as training does
+        assert cfg.optim.epochs == 3  # --epochs 3: a run named for its schedule
         run_dir = Path(cfg.run.output_dir) / cfg.run.name
         run_dir.mkdir(parents=True)
-        return TrainOutcome(run_dir, checkpoints[cfg.run.name], {}, cluster_stats=None)
+        method = cfg.run.name.removesuffix("-e3")
+        assert method != cfg.run.name
+        return TrainOutcome(run_dir, checkpoints[method], {}, cluster_stats=None)
 
     def evaluate_trial(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return SCORES
@@ -113,7 +132,8 @@ def test_the_demo_ends_with_the_neighbours_picture_of_both_methods(
     monkeypatch.setattr("clinfo_ray.training.launch.train", train)
     monkeypatch.setattr("clinfo_ray.study.evaluate.evaluate_trial", evaluate_trial)
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--set", f"data.dataset_dir={shapes_dataset}"]
+    argv = ["demo", "--out", str(out), "--epochs", "3"]
+    argv += ["--set", f"data.dataset_dir={shapes_dataset}"]
     level = logging.getLogger().level
     try:  # shapes have no coarse label: frame by the label
         assert main([*argv, "--set", "data.label_column=label"]) == 0
@@ -123,6 +143,8 @@ def test_the_demo_ends_with_the_neighbours_picture_of_both_methods(
 
     picture = out / PICTURE
     assert lines[-1] == f"neighbours picture: {picture}"
+    said = next(line for line in lines if line.startswith("1 seed (seed 0) per method"))
+    assert said.startswith("1 seed (seed 0) per method, 3 epochs (the study trains 22), evaluated")
     assert [line.split(":")[0].strip() for line in lines[-3:-1]] == [
         "Cl-InfoNCE (tfidf-k100)",
         "SimCLR",

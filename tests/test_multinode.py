@@ -3,9 +3,11 @@
 
 - two nodes: one Train worker per node, checkpoints and logs in one folder every node sees, and
   the loss curve of a single-node run of the same config and seed;
-- a node lost mid-run: the node holding rank 0 is killed after the first checkpoint and a fresh
-  node joins; the run restarts its workers from the last checkpoint and finishes every epoch
-  with no step lost, still on the single-node curve.
+- a node lost mid-run, the nodes sharing nothing but a bucket (the session's S3 server on
+  loopback: the dataset read from it, checkpoints, logs and the workers' records written to it,
+  no run folder on disk): the node holding rank 0 is killed after the first checkpoint and a
+  fresh node joins; the run restarts its workers from the last checkpoint in the bucket and
+  finishes every epoch with no step lost, still on the single-node curve.
 
 The single-node reference runs here, on the session's Ray (4 CPUs: both workers at 1.5 CPUs,
 one CPU left for Ray Data), with the driver's config.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from typing import Any
 import pytest
 
 from clinfo_ray.config import load_config
+from clinfo_ray.storage import location as loc
 from clinfo_ray.training.launch import train
 from tests.multinode_driver import LOSE_AFTER_EPOCH, QUICKSTART, tiny_overrides
 
@@ -35,21 +39,27 @@ DRIVER_TIMEOUT_S = 600
 LOSS_TOLERANCE = 1e-6  # relative; the split in worker memory repeats a curve to the last digit
 
 
-def _records(run_dir: Path, event: str) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["event"] == event]
+def _rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl of a run folder, local or in the bucket."""
+    text = loc.read_text(loc.join(run_dir, "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _curve(run_dir: Path) -> dict[int, float]:
+def _records(run_dir: str | Path, event: str) -> list[dict[str, Any]]:
+    return [r for r in _rows(run_dir) if r["event"] == event]
+
+
+def _curve(run_dir: str | Path) -> dict[int, float]:
     """epoch -> loss; an epoch trained twice (before and after a restart) counts its last."""
     return {int(r["epoch"]): r["train/loss"] for r in _records(run_dir, "epoch")}
 
 
-def _run_driver(dataset: Path, out: Path) -> dict[str, Any]:
-    """Both scenarios on one cluster; the driver's report. Its output goes to ``driver.log``."""
+def _run_driver(dataset: Path, out: Path, bucket: str) -> dict[str, Any]:
+    """Both scenarios on one cluster, node-lost in ``bucket``; the driver's report. Its output
+    goes to ``driver.log``."""
     result, log = out / "result.json", out / "driver.log"
     command = [sys.executable, str(DRIVER), "--dataset", str(dataset), "--out", str(out)]
-    command += ["--result", str(result), "--epochs", str(EPOCHS)]
+    command += ["--result", str(result), "--epochs", str(EPOCHS), "--bucket", bucket]
     with log.open("w") as sink:
         process = subprocess.Popen(
             command, cwd=DRIVER.parents[1], env=dict(os.environ), stdout=sink, stderr=sink
@@ -73,8 +83,16 @@ def _run_driver(dataset: Path, out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster_runs(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run_driver(shapes_dataset, tmp_path_factory.mktemp("multinode"))
+def cluster_runs(
+    shapes_dataset: Path, s3_bucket: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """The driver's report; node-lost's dataset is uploaded to a folder of the bucket first."""
+    out = tmp_path_factory.mktemp("multinode")
+    bucket = f"{s3_bucket}/multinode-{secrets.token_hex(4)}"
+    loc.upload_dir(shapes_dataset, loc.join(bucket, "dataset"))
+    report = _run_driver(shapes_dataset, out, bucket)
+    report["local_out"], report["bucket"] = str(out), bucket
+    return report
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +131,7 @@ def test_two_nodes_train_one_worker_each_on_the_single_node_curve(
     )
 
 
-def test_lost_node_resumes_from_checkpoint_on_a_fresh_node(
+def test_lost_node_resumes_from_the_bucket_on_a_fresh_node(
     cluster_runs: dict, single_node_curve: dict
 ) -> None:
     run = cluster_runs["runs"]["node-lost"]
@@ -134,7 +152,15 @@ def test_lost_node_resumes_from_checkpoint_on_a_fresh_node(
     assert removed not in run["nodes_alive"] and added in run["nodes_alive"]
 
     # resumed once, from a registered checkpoint; no step lost or counted twice
-    run_dir = Path(run["run_dir"])
+    # nothing shared but the bucket: the run's folder is there, none was written on disk
+    run_dir = run["run_dir"]
+    assert (
+        run_dir
+        == loc.join(cluster_runs["bucket"], "runs", "node-lost")
+        == (run["storage"] + "/node-lost")
+    )
+    assert loc.is_file(loc.join(run_dir, f"checkpoint_epoch{EPOCHS:04d}", "state.json"))
+    assert not (Path(cluster_runs["local_out"]) / "node-lost").exists()
     steps = run["steps_per_epoch"]
     assert (run["final_epoch"], run["final_step"]) == (EPOCHS, EPOCHS * steps)
     resumes = _records(run_dir, "resume")
@@ -142,7 +168,7 @@ def test_lost_node_resumes_from_checkpoint_on_a_fresh_node(
     resumed_after = resumes[0]["after_epoch"]
     assert LOSE_AFTER_EPOCH <= loss["registered_epoch"] <= resumed_after < EPOCHS
     assert resumes[0]["step"] == resumed_after * steps
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(run_dir)
     at = next(i for i, r in enumerate(rows) if r["event"] == "resume")
     after_resume = [r for r in rows[at:] if r["event"] == "epoch"]
     assert [r["epoch"] for r in after_resume] == [

@@ -2,7 +2,8 @@
 
 Cl-InfoNCE on tag clusters (faiss k-means of TF-IDF bags of hashtags, K = 100) against SimCLR,
 with the study's setting (the multi-style emoji set, the small CNN, the budget its setting
-search chose on validation): prepares the dataset when missing (npm packages, cached), trains
+search chose on validation; ``--epochs`` shortens the schedule for a quicker look): prepares the
+dataset when missing (npm packages, cached), trains
 both on a local Ray with 2 Train workers, evaluates each once as the study does (the linear
 probe's setting chosen by cross-validation on the fitting rows, then the validation and the test
 split scored once each; kNN beside it), and prints a table;
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated methods of the study (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="run.seed of both (default: 0)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of each run, the warm-up scaled by the same factor (default: the study's, "
+        "22 for study_cpu); runs of another schedule are named METHOD-eN",
+    )
     parser.add_argument("--out", default="runs/demo", help="runs, summary.json, TensorBoard")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
@@ -98,11 +106,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def demo_schedule(cfg: TrainConfig, epochs: int | None) -> dict[str, Any]:
+    """The overrides that give ``cfg`` ``epochs`` epochs (None: its own), its learning-rate
+    warm-up scaled by the same factor (below the new count, as the config requires)."""
+    if epochs is None or epochs == cfg.optim.epochs:
+        return {}
+    warmup = cfg.optim.warmup_epochs * epochs / cfg.optim.epochs
+    return {"optim.epochs": epochs, "optim.warmup_epochs": min(warmup, epochs - 1.0)}
+
+
 def train_and_evaluate(
-    study: Study, methods: list[str], seed: int, out: Path
+    study: Study, methods: list[str], seed: int, out: Path, epochs: int | None = None
 ) -> tuple[list[dict[str, Any]], Trained]:
-    """Train and evaluate each method of ``study`` at ``seed`` into ``out/METHOD``, printing
-    progress: the summary rows, and each method's (name, config, last checkpoint)."""
+    """Train and evaluate each method of ``study`` at ``seed`` into ``out/METHOD`` (``epochs``
+    epochs, None: the study's), printing progress: the summary rows, and each method's (name,
+    config, last checkpoint)."""
     from clinfo_ray.config import apply_overrides
     from clinfo_ray.study.evaluate import cluster_information, evaluate_trial
     from clinfo_ray.training.launch import train
@@ -110,9 +128,11 @@ def train_and_evaluate(
     rows: list[dict[str, Any]] = []
     trained: Trained = []
     for method in methods:
-        cfg = apply_overrides(
-            study.trial_config(method, seed), {"run.output_dir": str(out), "run.name": method}
-        )
+        trial = study.trial_config(method, seed)
+        schedule = demo_schedule(trial, epochs)
+        # another schedule, another run: a rerun never reuses a run trained for other epochs
+        name = f"{method}-e{epochs}" if schedule else method
+        cfg = apply_overrides(trial, {**schedule, "run.output_dir": str(out), "run.name": name})
         workers = cfg.run.num_workers
         print(f"training {method}: {cfg.optim.epochs} epochs, {workers} workers ...", flush=True)
         started = time.perf_counter()
@@ -204,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
         if unknown or not methods:
             known = ", ".join(m.name for m in study.methods)
             raise ConfigError(f"--methods: {unknown or methods} not in {study.name} ({known})")
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs: {args.epochs} is not >= 1")
         source = dataset_to_prepare(study)  # no npm, no network: fails here, before Ray
     except (ConfigError, PrepareError) as err:
         return fail("demo", err)
@@ -220,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         f"{base.data.label_column} (the setting of {study.name})",
         flush=True,
     )
-    rows, trained = train_and_evaluate(study, methods, args.seed, out)
+    rows, trained = train_and_evaluate(study, methods, args.seed, out, args.epochs)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("embedding train and test with each checkpoint, drawing their neighbours ...", flush=True)
     started = time.perf_counter()
@@ -228,11 +250,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
     print()
     print(format_table(rows))
+    shortened = ""  # said only when --epochs changed the study's schedule
+    if rows[0]["epochs"] != base.optim.epochs:
+        shortened = f", {rows[0]['epochs']} epochs (the study trains {base.optim.epochs})"
     print(
-        f"\n1 seed (seed {args.seed}) per method, evaluated as {study.name} evaluates a trial: "
-        "the linear probe's weight decay and epochs chosen by cross-validation on the training "
-        "emoji, then that one probe scores the validation emoji (held out of the train split, "
-        "never trained on) and the test emoji once each; kNN beside it. One "
+        f"\n1 seed (seed {args.seed}) per method{shortened}, evaluated as {study.name} evaluates "
+        "a trial: the linear probe's weight decay and epochs chosen by cross-validation on the "
+        "training emoji, then that one probe scores the validation emoji (held out of the train "
+        "split, never trained on) and the test emoji once each; kNN beside it. One "
         "run per method cannot test the paper's claims: the study over seeds and methods is "
         f"docs/results.md (clinfo-ray study --config {study.name})."
     )
