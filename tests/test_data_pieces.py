@@ -82,3 +82,32 @@ def test_a_file_written_again_is_read_again(tmp_path):
     pq.write_table(pa.table({"id": [7, 8, 9, 10, 11]}), path, row_group_size=4)
     pieces = list_pieces([path], 2)
     assert read_pieces(pieces, ["id"]).column("id").to_pylist() == [7, 8, 9, 10, 11]
+
+
+def test_a_process_opens_a_file_once_and_lets_go_of_the_least_recent(tmp_path, monkeypatch):
+    """Pieces read again (another task of the same process) reuse the file it opened: one open
+    per file, not one per read; past the limit the least recently used file is let go."""
+    from clinfo_ray.data.read import parquet_pieces
+
+    monkeypatch.setattr(parquet_pieces, "_OPEN", type(parquet_pieces._OPEN)())
+    monkeypatch.setattr(parquet_pieces, "_MAX_OPEN", 2)
+    opened: list[str] = []
+    real = parquet_pieces.loc.resolve
+
+    def counting(location):
+        filesystem, path = real(location)
+        opened.append(path)
+        return filesystem, path
+
+    monkeypatch.setattr(parquet_pieces.loc, "resolve", counting)
+    paths = [str(tmp_path / f"{n}.parquet") for n in range(3)]
+    for n, path in enumerate(paths):
+        pq.write_table(pa.table({"id": [10 * n, 10 * n + 1]}), path)
+    pieces = list_pieces(paths, 1)
+    opened.clear()
+    for _ in range(2):
+        assert read_pieces(pieces.slice(0, 4), ["id"]).column("id").to_pylist() == [0, 1, 10, 11]
+    assert opened == paths[:2]  # two files, each opened once over both reads
+    assert read_pieces(pieces.slice(4), ["id"]).column("id").to_pylist() == [20, 21]
+    assert opened == paths  # the third file opened; the first, least recently used, let go
+    assert [key[0] for key in parquet_pieces._OPEN] == paths[1:]

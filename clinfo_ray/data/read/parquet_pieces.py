@@ -13,13 +13,19 @@ row groups is cut into the same pieces (the same rows, so the same batches), rea
 bytes.
 
 A piece also carries its file's size and modification time (listed once by the driver), and
-each process keeps the footers it has read by file, size and time: from a bucket a task then
-costs one size request per file and one ranged read per row group (its columns fetched
-together), instead of also reading each footer again and each column apart.
+each process keeps, by file, size and time, the footers it has read and the files it has opened
+(at most ``_MAX_OPEN`` kept open, the least recently used let go first): from a bucket a row group
+then costs one ranged read (its columns fetched together) and nothing else once the process has
+met its file, instead of also a size request per file and task, the footer again and each
+column apart. Reads of an opened file are positional (``ReadAt``), so the threads of one
+process share it. A file written again has another size or time, so another key: it is opened
+and its footer read anew.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,8 +47,12 @@ PIECE_SCHEMA = pa.schema(
         pa.field(MTIME, pa.int64(), nullable=False),
     ]
 )
-_FOOTERS: dict[tuple[str, int, int], pq.FileMetaData] = {}  # this process's, see the doc
+Key = tuple[str, int, int]  # (location, size, mtime_ns) as listed
+_FOOTERS: dict[Key, pq.FileMetaData] = {}  # this process's, see the doc
 _MAX_FOOTERS = 1024
+_OPEN: OrderedDict[Key, pa.NativeFile] = OrderedDict()  # this process's open files, LRU first
+_MAX_OPEN = 64  # a local file holds a descriptor; a bucket's holds nothing but its size
+_OPEN_LOCK = threading.Lock()
 
 
 def list_pieces(files: Sequence[str], piece_rows: int) -> pa.Table:
@@ -67,19 +77,34 @@ def list_pieces(files: Sequence[str], piece_rows: int) -> pa.Table:
     return pa.table(out, schema=PIECE_SCHEMA)
 
 
-def _open(location: str, size: int, mtime: int) -> tuple[pq.ParquetFile, pa.NativeFile]:
-    """A reader of a listed file with the footer this process read before, if any (by name,
-    size and time: a file written again is read again); the columns of a row group fetched in
-    one go. The caller closes the file."""
-    filesystem, path = loc.resolve(location)
+def _source(key: Key) -> pa.NativeFile:
+    """The listed file, opened once by this process (the least recently used let go past
+    ``_MAX_OPEN``)."""
+    with _OPEN_LOCK:
+        source = _OPEN.get(key)
+        if source is not None and not source.closed:
+            _OPEN.move_to_end(key)
+            return source
+    filesystem, path = loc.resolve(key[0])
     source = filesystem.open_input_file(path)
+    with _OPEN_LOCK:
+        _OPEN[key] = source
+        while len(_OPEN) > _MAX_OPEN:  # dropped, not closed: a thread may still read it (the
+            _OPEN.popitem(last=False)  # file closes when its last reference goes)
+    return source
+
+
+def _open(location: str, size: int, mtime: int) -> pq.ParquetFile:
+    """A reader of a listed file, opened and its footer read before by this process if it was
+    (by name, size and time: a file written again is read again); the columns of a row group
+    fetched in one go."""
     key = (location, size, mtime)
-    reader = pq.ParquetFile(source, metadata=_FOOTERS.get(key), pre_buffer=True)
+    reader = pq.ParquetFile(_source(key), metadata=_FOOTERS.get(key), pre_buffer=True)
     if key not in _FOOTERS:
         if len(_FOOTERS) >= _MAX_FOOTERS:
             _FOOTERS.clear()
         _FOOTERS[key] = reader.metadata
-    return reader, source
+    return reader
 
 
 def read_pieces(
@@ -95,24 +120,19 @@ def read_pieces(
     """
     records = pieces.to_pylist()
     groups: dict[tuple[str, int], pa.Table] = {}
-    files: dict[str, tuple[pq.ParquetFile, pa.NativeFile]] = {}
+    files: dict[str, pq.ParquetFile] = {}
     parts = []
-    try:
-        for rec in records:
-            key = (rec[FILE], rec[ROW_GROUP])
-            if key not in groups:
-                if rec[FILE] not in files:
-                    files[rec[FILE]] = _open(rec[FILE], rec[SIZE], rec[MTIME])
-                reader = files[rec[FILE]][0]
-                groups[key] = reader.read_row_group(rec[ROW_GROUP], columns=list(columns))
-            part = groups[key].slice(rec[START], rec[STOP] - rec[START])
-            if PIECE in rec:
-                numbers = pa.array([rec[PIECE]] * part.num_rows, pa.int64())
-                part = part.append_column(PIECE, numbers)
-            parts.append(part)
-    finally:
-        for _, source in files.values():
-            source.close()
+    for rec in records:
+        key = (rec[FILE], rec[ROW_GROUP])
+        if key not in groups:
+            if rec[FILE] not in files:
+                files[rec[FILE]] = _open(rec[FILE], rec[SIZE], rec[MTIME])
+            groups[key] = files[rec[FILE]].read_row_group(rec[ROW_GROUP], columns=list(columns))
+        part = groups[key].slice(rec[START], rec[STOP] - rec[START])
+        if PIECE in rec:
+            numbers = pa.array([rec[PIECE]] * part.num_rows, pa.int64())
+            part = part.append_column(PIECE, numbers)
+        parts.append(part)
     if not parts:
         raise ValueError("read_pieces: no pieces given")
     table = pa.concat_tables(parts)
