@@ -69,7 +69,7 @@ def _uri_or_config_path(name: str | Path) -> Any:
 def _read_text(path: str | Path) -> str:
     from clinfo_ray.storage import location as loc
 
-    return loc.read_text(path) if isinstance(path, str) else path.read_text()
+    return loc.read_text(path)  # a URI or a local path
 
 
 def _is_text(tp: Any) -> bool:

@@ -82,7 +82,7 @@ def _source(key: Key) -> pa.NativeFile:
     ``_MAX_OPEN``)."""
     with _OPEN_LOCK:
         source = _OPEN.get(key)
-        if source is not None and not source.closed:
+        if source is not None:
             _OPEN.move_to_end(key)
             return source
     filesystem, path = loc.resolve(key[0])
