@@ -2,19 +2,24 @@
 seed) trained as a Tune trial and evaluated once (the probe's setting chosen by cross-validation
 on the fitting rows, then one probe scoring the validation and the test split once each), the
 raw results, the page and plots; the same command again trains nothing; ``--report-only``
-rewrites the page byte for byte from the raw files alone."""
+rewrites the page byte for byte from the raw files alone. The setting search runs in a bucket of
+the session's S3 server (its trials' runs, records and Tune's experiment there, nothing on
+disk), and a study whose run folder is gone adopts its published trials into a bucket."""
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from clinfo_ray.commands.main import main
+from clinfo_ray.storage import location as loc
 from clinfo_ray.study.records import read_records
+from clinfo_ray.study.run import folder_records
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -84,7 +89,8 @@ class Study:
     first_page: bytes
     before_rerun: dict[str, int]  # checkpoint file -> mtime_ns
     settings_out: Path  # the setting search's raw results and page
-    settings_folder: Path
+    settings_folder: str  # in the bucket
+    settings_files: list[str]  # what the search's first invocation wrote there
 
 
 def _checkpoint_files(folder: Path) -> dict[str, int]:
@@ -92,7 +98,7 @@ def _checkpoint_files(folder: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def study(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Study:
+def study(shapes_dataset: Path, s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Study:
     root = tmp_path_factory.mktemp("study")
     config = root / "tiny_config.yaml"
     config.write_text(CONFIG.format(data=shapes_dataset, out=root / "runs"))
@@ -108,9 +114,15 @@ def study(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Stu
     search = root / "settings.yaml"
     search.write_text(SETTINGS.format(config=config))
     settings_out = root / "settings_out"
-    assert main(["study", "--config", str(search), "--out", str(settings_out)]) == 0
-    settings = root / "runs" / "study" / "settings"
-    return Study(args, folder, out, first, before, settings_out, settings)
+    runs = f"{s3_bucket}/study-{secrets.token_hex(4)}"
+    in_bucket = ["--set", f"run.output_dir={runs}"]
+    settings_args = ["study", "--config", str(search), "--out", str(settings_out), *in_bucket]
+    assert main(settings_args) == 0
+    settings = f"{runs}/study/settings"
+    written = loc.list_files(settings)
+    assert main(settings_args) == 0  # again: Tune's experiment restored from the bucket
+    assert not (root / "runs" / "study" / "settings").exists()
+    return Study(args, folder, out, first, before, settings_out, settings, written)
 
 
 def test_every_method_and_seed_is_evaluated_once_with_the_probe_chosen_by_cross_validation(
@@ -194,18 +206,22 @@ def test_a_setting_search_trains_each_setting_and_never_reads_the_test_split(
         ("short", "simclr", 0),
     ]
     assert all(r.test is None and 0.0 <= r.val["linear_top1"] <= 1.0 for r in records)
-    narrow = json.loads(
-        (study.settings_folder / "trials/narrow-simclr-seed0/config.json").read_text()
-    )
-    short = json.loads(
-        (study.settings_folder / "trials/short-simclr-seed0/config.json").read_text()
-    )
+    trials = f"{study.settings_folder}/trials"
+    narrow = json.loads(loc.read_text(f"{trials}/narrow-simclr-seed0/config.json"))
+    short = json.loads(loc.read_text(f"{trials}/short-simclr-seed0/config.json"))
     assert (narrow["model"]["cnn_width"], narrow["optim"]["epochs"]) == (4, 2)
     assert (short["model"]["cnn_width"], short["optim"]["epochs"]) == (8, 1)
-    details = json.loads(
-        (study.settings_folder / "trials/short-simclr-seed0/study_record.json").read_text()
-    )
+    details = json.loads(loc.read_text(f"{trials}/short-simclr-seed0/study_record.json"))
     assert "test" not in details["rows"]  # no test row was embedded, let alone scored
+    assert folder_records(study.settings_folder) == records  # each trial's record file
+    checkpoints = [f for f in study.settings_files if "/checkpoint_" in f]
+    assert {f.split("/trials/")[1].split("/")[0] for f in checkpoints} == {
+        "narrow-simclr-seed0",
+        "short-simclr-seed0",
+    }
+    assert any("/tuner/" in f for f in study.settings_files)  # Tune's experiment too
+    # the same command again trained nothing: no checkpoint object added or removed
+    assert [f for f in loc.list_files(study.settings_folder) if "/checkpoint_" in f] == checkpoints
     page = (study.settings_out / "results.md").read_text()
     assert "## Setting search" in page and "narrow" in page and "short" in page
 
@@ -222,15 +238,19 @@ def test_collect_publishes_the_study_so_far_without_training(study: Study) -> No
     assert f"- Trials: {len(METHODS) * len(SEEDS)}\n" in (published / "results.md").read_text()
 
 
-def test_a_study_whose_run_folder_is_gone_adopts_its_published_trials(
-    study: Study, tmp_path: Path
+def test_a_study_whose_run_folder_is_gone_adopts_its_published_trials_into_a_bucket(
+    study: Study, s3_prefix: str
 ) -> None:
-    """A later session: a fresh checkout has the committed raw results but no run folder."""
-    elsewhere = tmp_path / "fresh_runs"
-    args = [*study.args, "--set", f"run.output_dir={elsewhere}"]
+    """A later session: a fresh checkout has the committed raw results but no run folder; its
+    runs now go to a bucket."""
+    args = [*study.args, "--set", f"run.output_dir={s3_prefix}"]
     assert main(["study", *args]) == 0
-    folder = elsewhere / "study" / "tiny"
-    assert not list(folder.glob("trials/*/checkpoint_*"))  # nothing trained again
-    assert read_records(folder / "results.jsonl") == read_records(study.out / "results.jsonl")
+    folder = f"{s3_prefix}/study/tiny"
+    trials = loc.list_names(f"{folder}/trials")
+    assert len(trials) == len(METHODS) * len(SEEDS)
+    for name in trials:  # nothing trained again: a record file and nothing else
+        assert loc.list_names(f"{folder}/trials/{name}") == ["study_record.json"]
+    published = read_records(study.out / "results.jsonl")
+    assert sorted(folder_records(folder), key=published.index) == published
     rules = json.loads((study.out / "meta.json").read_text())["rules"]
-    assert json.loads((folder / "rules.json").read_text()) == rules["first_test_read"]
+    assert json.loads(loc.read_text(f"{folder}/rules.json")) == rules["first_test_read"]

@@ -5,7 +5,8 @@ encoder once (the linear probe's setting chosen by cross-validation on the fitti
 that one probe scoring the validation and the test split once each), and writes
 the raw results (``results.jsonl``, ``meta.json``), the statistics, plots and the results page.
 Running it again resumes the study; ``--report-only`` rewrites the page and plots from the raw
-results alone, without Ray. A bad study file fails in one line before Ray starts.
+results alone, without Ray. A bad study file fails in one line before Ray starts. The study's
+folder (``run.output_dir``) and OUT may be in a bucket (``s3://...``).
 """
 
 from __future__ import annotations
@@ -64,14 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default=None,
         metavar="DIR",
-        help="where the raw results, plots and page go (default: the study's folder, "
-        "<run.output_dir>/study/NAME)",
+        help="where the raw results, plots and page go, a folder or a bucket URI (default: the "
+        "study's folder, <run.output_dir>/study/NAME)",
     )
     parser.add_argument(
         "--page",
         default=None,
         metavar="FILE",
-        help="the results page (default: OUT/results.md)",
+        help="the results page (default: OUT/results.md; with OUT in a bucket, inside OUT)",
     )
     parser.add_argument(
         "--max-concurrent",
@@ -104,10 +105,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-concurrent: must be >= 1; got {args.max_concurrent}")
     except ConfigError as err:
         return fail("study", err)
+    from clinfo_ray.storage import location as loc
+    from clinfo_ray.storage.checks import LocationError, check_remote
     from clinfo_ray.study.run import study_dir
 
-    out = Path(args.out) if args.out else study_dir(study)
-    page = Path(args.page) if args.page else out / "results.md"
+    out = loc.absolute(args.out) if args.out else study_dir(study)
+    page = loc.absolute(args.page) if args.page else loc.join(out, "results.md")
+    try:
+        if (loc.is_uri(out) or loc.is_uri(page)) and not page.startswith(out + "/"):
+            raise ConfigError(f"--page: {page}: with --out in a bucket the page goes in it too")
+        check_remote("--out", out, "output" if not args.report_only else "folder")
+    except (ConfigError, LocationError) as err:
+        return fail("study", err)
     if args.report_only:
         return _report(study, out, page, args, wall_seconds=None)
     if args.collect:
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not args.quick:  # trials published by an earlier session are not retrained
         from clinfo_ray.study.run import adopt_published
 
-        taken = adopt_published(study, Path(args.out))
+        taken = adopt_published(study, out)
         if taken:
             print(f"{taken} trial(s) already published in {args.out}: not trained again")
     with WallClock(study_dir(study)) as clock:
@@ -132,12 +141,13 @@ class WallClock:
     every ``every`` seconds while it runs, so an invocation killed outright (SIGKILL, the
     machine going away) loses at most that much."""
 
-    def __init__(self, folder: Path, every: float = 30.0) -> None:
+    def __init__(self, folder: str | Path, every: float = 30.0) -> None:
         import threading
 
+        from clinfo_ray.storage import location as loc
         from clinfo_ray.study.run import WALL_FILE
 
-        self.path = folder / WALL_FILE
+        self.path = loc.join(folder, WALL_FILE)  # a local path or a URI
         self.every = every
         self.before = self._read()
         self.started = time.perf_counter()
@@ -148,16 +158,19 @@ class WallClock:
     def _read(self) -> float:
         import json
 
-        return float(json.loads(self.path.read_text())["seconds"]) if self.path.is_file() else 0.0
+        from clinfo_ray.storage import location as loc
+
+        if not loc.is_file(self.path):
+            return 0.0
+        return float(json.loads(loc.read_text(self.path))["seconds"])
 
     def write(self) -> None:
         import json
 
+        from clinfo_ray.storage import location as loc
+
         self.total = self.before + time.perf_counter() - self.started
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps({"seconds": self.total}) + "\n")
-        partial.replace(self.path)
+        loc.write_text(self.path, json.dumps({"seconds": self.total}) + "\n")  # atomic
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
@@ -203,7 +216,7 @@ def _grid(study: Study, max_concurrent: int | None) -> int:
 
     from clinfo_ray.commands.common import fail
     from clinfo_ray.devices import ray_uses_gpu
-    from clinfo_ray.study.run import RESULTS_FILE, run_grid, study_dir, study_records
+    from clinfo_ray.study.run import folder_records, run_grid, study_dir, study_records
     from clinfo_ray.training.launch import with_absolute_paths
     from clinfo_ray.tuning.search import derived_max_concurrent
 
@@ -220,7 +233,7 @@ def _grid(study: Study, max_concurrent: int | None) -> int:
         folder,
     )
     grid = run_grid(study, concurrent)
-    records = study_records(study, folder / RESULTS_FILE)
+    records = study_records(study, folder_records(folder))
     errors = [r for r in grid if r.error is not None]
     for result in errors:
         log.error("trial failed: %s", str(result.error).splitlines()[0])
@@ -259,10 +272,44 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _report(
-    study: Study, out: Path, page: Path, args: argparse.Namespace, wall_seconds: float | None
+    study: Study, out: str, page: str, args: argparse.Namespace, wall_seconds: float | None
+) -> int:
+    """:func:`_write_report` at OUT; OUT in a bucket: in a local folder holding OUT's raw
+    files (only those: OUT may be the study's folder), whose files are then uploaded."""
+    import tempfile
+
+    from clinfo_ray.storage import location as loc
+    from clinfo_ray.study.run import RESULTS_FILE, SETTINGS_FILE
+
+    if not loc.is_uri(out):
+        status = _write_report(study, Path(out), Path(page), args, wall_seconds, out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="clinfo-ray-study-") as scratch:
+            local = Path(scratch)
+            for name in (RESULTS_FILE, META_FILE, SETTINGS_FILE):
+                if loc.is_file(loc.join(out, name)):
+                    (local / name).write_bytes(loc.read_bytes(loc.join(out, name)))
+            local_page = local / page[len(out) + 1 :]
+            status = _write_report(study, local, local_page, args, wall_seconds, out)
+            if status == 0:
+                loc.upload_dir(local, out)
+    if status == 0:
+        print(f"results: {loc.join(out, RESULTS_FILE)}")
+        print(f"page:    {page}")
+    return status
+
+
+def _write_report(
+    study: Study,
+    out: Path,
+    page: Path,
+    args: argparse.Namespace,
+    wall_seconds: float | None,
+    shown: str,
 ) -> int:
     """Copy the study's raw results to OUT (when elsewhere), record the run in meta.json, and
-    write the page and plots from OUT's files alone."""
+    write the page and plots from OUT's files alone (local folders; ``shown``: OUT as the
+    user named it)."""
     import datetime
     import json
 
@@ -270,12 +317,18 @@ def _report(
     from clinfo_ray.study.records import StudyMeta, read_meta, read_records
     from clinfo_ray.study.report import write_report
     from clinfo_ray.study.rules import read_first_test_read, updated_rules
-    from clinfo_ray.study.run import RESULTS_FILE, SETTINGS_FILE, study_dir, study_records
+    from clinfo_ray.study.run import (
+        RESULTS_FILE,
+        SETTINGS_FILE,
+        folder_records,
+        study_dir,
+        study_records,
+    )
 
     results = out / RESULTS_FILE
     meta_path = out / META_FILE
     if wall_seconds is not None:  # a run that trained: (re)write OUT's raw files
-        records = study_records(study, study_dir(study) / RESULTS_FILE)
+        records = study_records(study, folder_records(study_dir(study)))
         before = read_meta(meta_path).rules if meta_path.is_file() else {}
         out.mkdir(parents=True, exist_ok=True)
         results.write_text("".join(r.to_json() + "\n" for r in records))
@@ -293,10 +346,10 @@ def _report(
         )
         meta_path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
         if study.setting_search:  # the setting search's records, beside the study's
-            found = read_records(Path(study.setting_search))
+            found = read_records(study.setting_search)
             (out / SETTINGS_FILE).write_text("".join(r.to_json() + "\n" for r in found))
     if not (results.is_file() and meta_path.is_file()):
-        return fail("study", f"--report-only: {out} has no {RESULTS_FILE} and {META_FILE}")
+        return fail("study", f"--report-only: {shown} has no {RESULTS_FILE} and {META_FILE}")
     # what was measured comes from meta.json; the words (methods' descriptions, the notes, which
     # are written after the results are seen) from the study file as it is now
     measured = StudyMeta.from_dict(json.loads(meta_path.read_text()))
@@ -314,6 +367,4 @@ def _report(
     if any(r.setting for r in records):  # a setting search's own page
         records, settings = [], records
     write_report(records, list(study.claims), meta, out, page, setting_records=settings)
-    print(f"results: {results}")
-    print(f"page:    {page}")
     return 0

@@ -38,6 +38,7 @@ from clinfo_ray.evaluation.knn import knn_top1
 from clinfo_ray.evaluation.linear_probe import Probe, train_probe
 from clinfo_ray.evaluation.probe_selection import best_setting, cross_validate, probe_folds
 from clinfo_ray.evaluation.retrieval import retrieval_metrics
+from clinfo_ray.storage import location as loc
 from clinfo_ray.study.spec import ProbeGrid
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,18 @@ PROBE_MAX_CPUS = 4.0
 
 
 def cluster_information(
-    run_dir: Path, start_stats: dict[str, Any] | None
+    run_dir: str | Path, start_stats: dict[str, Any] | None
 ) -> dict[str, float] | None:
     """I(Z;T), H(Z|T) and the cluster count of the clusters the run ended with: the last
-    k-means version it published (iterative methods), else its starting table."""
-    versions = sorted((run_dir / "clusters").glob("kmeans-v*.stats.json"))
-    stats = json.loads(versions[-1].read_text()) if versions else start_stats
+    k-means version it published (iterative methods), else its starting table. ``run_dir``:
+    a local path or a URI."""
+    versions = [
+        name
+        for name in loc.list_names(loc.join(run_dir, "clusters"))
+        if name.startswith("kmeans-v") and name.endswith(".stats.json")
+    ]
+    last = loc.join(run_dir, "clusters", max(versions)) if versions else None
+    stats = json.loads(loc.read_text(last)) if last else start_stats
     if not stats or stats.get("mutual_information_bits") is None:
         return None
     return {key: float(stats[key]) for key in CLUSTER_KEYS}
@@ -198,7 +205,7 @@ def run_probe_task(
 
 def evaluate_trial(
     cfg: TrainConfig,
-    checkpoint: Path,
+    checkpoint: str | Path,
     grid: ProbeGrid,
     *,
     evaluate_test: bool,

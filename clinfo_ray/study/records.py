@@ -2,8 +2,9 @@
 it tests and the facts about the run that the results page prints.
 
 ``results.jsonl`` holds one record a line, appended (and fsynced) as each trial finishes, so an
-interrupted study keeps what it finished. ``meta.json`` holds the ``StudyMeta``. Accuracies are
-fractions in [0, 1]; information quantities are in bits.
+interrupted study keeps what it finished (a study in a bucket keeps each trial's record in a
+file of its own instead: ``study.run.folder_records``). ``meta.json`` holds the ``StudyMeta``.
+Accuracies are fractions in [0, 1]; information quantities are in bits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from clinfo_ray.storage import location as loc
+from clinfo_ray.storage.location import Location
 
 RESULTS_FILE = "results.jsonl"
 META_FILE = "meta.json"
@@ -60,7 +64,11 @@ class TrialRecord:
     @classmethod
     def from_json(cls, line: str) -> TrialRecord:
         """The record of one line of ``to_json``; ValueError naming a missing or unknown key."""
-        data = json.loads(line)
+        return cls.from_dict(json.loads(line))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrialRecord:
+        """The record of ``to_json``'s object, parsed; ValueError as ``from_json``."""
         if not isinstance(data, dict):
             raise ValueError(f"a record is a JSON object, got {type(data).__name__}")
         _check_keys(data, cls)
@@ -97,26 +105,27 @@ def _floats(value: Any, name: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def read_records(path: Path) -> list[TrialRecord]:
-    """Every record of a results file in file order ([] when the file does not exist; blank
-    lines are skipped). A line that is not a record raises ValueError naming file and line."""
-    if not path.exists():
+def read_records(path: Location) -> list[TrialRecord]:
+    """Every record of a results file (a local path or a URI) in file order ([] when the file
+    does not exist; blank lines are skipped). A line that is not a record raises ValueError
+    naming file and line."""
+    if not loc.is_file(path):
         return []
     records = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(TrialRecord.from_json(line))
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}, line {number}: not a trial record ({error})") from error
+    for number, line in enumerate(loc.read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(TrialRecord.from_json(line))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}, line {number}: not a trial record ({error})") from error
     return records
 
 
 def append_record(path: Path, record: TrialRecord) -> None:
-    """Add one line to the results file and force it to disk: a record once appended survives
-    the process being killed right after."""
+    """Add one line to a local results file and force it to disk: a record once appended
+    survives the process being killed right after. (An object in a bucket cannot be appended
+    to: a study there keeps each trial's record in its own file, ``study.run``.)"""
     line = record.to_json() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -237,13 +246,12 @@ class StudyMeta:
         )
 
 
-def write_meta(path: Path, meta: StudyMeta) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+def write_meta(path: Location, meta: StudyMeta) -> None:
+    loc.write_text(path, json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def read_meta(path: Path) -> StudyMeta:
-    return StudyMeta.from_dict(json.loads(path.read_text()))
+def read_meta(path: Location) -> StudyMeta:
+    return StudyMeta.from_dict(json.loads(loc.read_text(path)))
 
 
 def plural(n: int, word: str) -> str:

@@ -3,7 +3,9 @@ claims, probe grid and methods (their SHA-256 digests, :meth:`Study.rules`) and 
 commit; and every later change of them, with its date and commit.
 
 The first trial to read the test split writes ``rules.json`` in the study's folder (created
-exclusively: trials running side by side cannot both write it). Each time the raw results are
+exclusively on a local disk: trials running side by side cannot both write it; in a bucket,
+which has no exclusive create, written when absent: trials of one invocation that race there
+write the same commit and digests). Each time the raw results are
 published (``meta.json``), the record is carried over and, when the study's rules no longer
 match the last recorded ones, a change is appended. The page lists the changes.
 """
@@ -17,6 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from clinfo_ray.storage import location as loc
+from clinfo_ray.storage.location import Location
 from clinfo_ray.study.spec import Study
 
 RULES_FILE = "rules.json"
@@ -49,21 +53,26 @@ def stamp(study: Study) -> dict[str, Any]:
     }
 
 
-def record_first_test_read(folder: Path, study: Study) -> None:
+def record_first_test_read(folder: Location, study: Study) -> None:
     """Write ``folder/rules.json`` unless it exists: called just before a trial reads the test
     split, so the first call is the first read."""
-    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(stamp(study), indent=2, sort_keys=True) + "\n"
+    if loc.is_uri(folder):
+        if not loc.is_file(loc.join(folder, RULES_FILE)):
+            loc.write_text(loc.join(folder, RULES_FILE), text)
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder / RULES_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(Path(folder) / RULES_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return
     with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(stamp(study), indent=2, sort_keys=True) + "\n")
+        handle.write(text)
 
 
-def read_first_test_read(folder: Path) -> dict[str, Any]:
-    path = folder / RULES_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+def read_first_test_read(folder: Location) -> dict[str, Any]:
+    path = loc.join(folder, RULES_FILE)
+    return json.loads(loc.read_text(path)) if loc.is_file(path) else {}
 
 
 def updated_rules(

@@ -5,6 +5,10 @@ settings axis ``trials/<setting>-<method>-seed<seed>/``; :func:`trial_name`; eac
 training run: checkpoints, metrics, TensorBoard, and ``study_record.json`` once evaluated),
 ``clusters/`` (the cluster tables shared by trials with one clusters config), ``tuner/`` (Ray
 Tune's experiment) and ``results.jsonl`` (one line per evaluated trial, appended as trials end).
+The folder may be in a bucket (``run.output_dir: s3://...``): Tune's experiment and the trials'
+runs are written there through its pyarrow filesystem; an object cannot be appended to, so
+there the trials' own record files are the study's records (:func:`folder_records`) and each
+trial builds its own cluster table (no lock to share one by, as in a Tune search).
 Trials are named by (setting, method, seed), not by Tune's trial id, so a study started over from
 nothing still finds a trial's checkpoints and its record: a trial with a record is not trained
 again, and one with checkpoints resumes them. Running the same command again after an
@@ -17,12 +21,14 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clinfo_ray.config import TrainConfig, apply_overrides
+from clinfo_ray.storage import location as loc
 from clinfo_ray.study.records import TrialRecord, append_record, read_records
 from clinfo_ray.study.spec import Study
 
@@ -40,8 +46,9 @@ SETTINGS_FILE = "setting_search.jsonl"
 WALL_FILE = "wall_seconds.json"  # the study's wall time over all its invocations
 
 
-def study_dir(study: Study) -> Path:
-    return Path(study.base.run.output_dir).resolve() / "study" / study.name
+def study_dir(study: Study) -> str:
+    """The study's folder: an absolute local path, or a URI."""
+    return loc.join(loc.absolute(study.base.run.output_dir), "study", study.name)
 
 
 def trial_name(method: str, seed: int, setting: str = "") -> str:
@@ -62,18 +69,18 @@ class StudyPlan:
         cfg = self.study.trial_config(method, seed, setting)
         own = {
             "run.name": trial_name(method, seed, setting),
-            "run.output_dir": str(Path(self.folder) / TRIALS_DIR),
+            "run.output_dir": loc.join(self.folder, TRIALS_DIR),
         }
         return apply_overrides(cfg, own, f"study trial {method} seed {seed}")
 
 
-def claim_study_dir(folder: Path, study: Study) -> bool:
+def claim_study_dir(folder: str, study: Study) -> bool:
     """Record the study in its folder; True on a rerun of the same study. A different study
     under the same name is a ConfigError (another output folder, or delete this one)."""
     from clinfo_ray.tuning.search import claim_folder
 
     return claim_folder(
-        folder / STUDY_FILE,
+        loc.join(folder, STUDY_FILE),
         study.describe(),
         f"the study {study.name!r}",
         "pass --set run.output_dir=..., or delete the folder to start it over",
@@ -126,20 +133,21 @@ def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
     quiet_ray_data()
     method, seed, setting = str(config["method"]), int(config["seed"]), str(config["setting"])
     cfg = plan.trial_config(method, seed, setting)
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    saved = run_dir / RECORD_FILE
-    if saved.is_file():  # evaluated before the study was interrupted
+    run_dir = loc.join(cfg.run.output_dir, cfg.run.name)
+    saved = loc.join(run_dir, RECORD_FILE)
+    if loc.is_file(saved):  # evaluated before the study was interrupted
         tune.report({"evaluated": 1, "epoch": cfg.optim.epochs})
         return
-    cfg = with_shared_clusters(cfg, Path(plan.folder) / CLUSTERS_DIR)
+    in_bucket = loc.is_uri(plan.folder)
+    cfg = with_shared_clusters(cfg, None if in_bucket else Path(plan.folder) / CLUSTERS_DIR)
     outcome = train(cfg, callbacks=[ReportToTune()])
-    if outcome.checkpoint is None:
+    if outcome.checkpoint_uri is None:
         raise RuntimeError(f"{cfg.run.name}: the run left no checkpoint to evaluate")
     train_seconds = _train_seconds(run_dir)
     if plan.study.evaluate_test:  # the first trial to get here is the study's first test read
-        record_first_test_read(Path(plan.folder), plan.study)
+        record_first_test_read(plan.folder, plan.study)
     scores = evaluate_trial(
-        cfg, outcome.checkpoint, plan.study.probe, evaluate_test=plan.study.evaluate_test
+        cfg, outcome.checkpoint_uri, plan.study.probe, evaluate_test=plan.study.evaluate_test
     )
     record = TrialRecord(
         method=method,
@@ -156,11 +164,16 @@ def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
         trial_id=tune.get_context().get_trial_id() or "",
         setting=setting,
     )
-    details = {**scores, "record": json.loads(record.to_json())}
-    partial = saved.with_suffix(".partial")
-    partial.write_text(json.dumps(details, indent=2, sort_keys=True) + "\n")
-    append_record(Path(plan.folder) / RESULTS_FILE, record)
-    os.replace(partial, saved)
+    details = json.dumps(
+        {**scores, "record": json.loads(record.to_json())}, indent=2, sort_keys=True
+    )
+    if in_bucket:  # one object, written whole: the trial's record (see folder_records)
+        loc.write_text(saved, details + "\n")
+    else:  # the line first, then the file: a trial with a record file is in results.jsonl
+        partial = Path(saved).with_suffix(".partial")
+        partial.write_text(details + "\n")
+        append_record(Path(plan.folder) / RESULTS_FILE, record)
+        os.replace(partial, saved)
     tune.report(
         {
             "evaluated": 1,
@@ -170,15 +183,15 @@ def run_study_trial(config: dict[str, Any], plan: StudyPlan) -> None:
     )
 
 
-def _train_seconds(run_dir: Path) -> float:
+def _train_seconds(run_dir: str) -> float:
     """The run's training time: the sum of its epochs' seconds (metrics.jsonl), so a resumed run
     counts each epoch once and the evaluation is not in it."""
     from clinfo_ray.training.run_log import METRICS_FILE
 
     seconds: dict[int, float] = {}
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    path = loc.join(run_dir, METRICS_FILE)
+    if loc.is_file(path):
+        for line in loc.read_text(path).splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
@@ -207,12 +220,19 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
 
     folder = study_dir(study)
     rerun = claim_study_dir(folder, study)
-    trainable = make_trainable(StudyPlan(study, str(folder)))
-    experiment = folder / TUNER_DIR
-    if rerun and tune.Tuner.can_restore(str(experiment)):
+    trainable = make_trainable(StudyPlan(study, folder))
+    # Tune writes through the folder's pyarrow filesystem: a local one, or the bucket's
+    filesystem, path = loc.resolve(folder)
+    storage = filesystem if loc.is_uri(folder) else None
+    experiment = posixpath.join(path, TUNER_DIR)
+    if rerun and tune.Tuner.can_restore(experiment, storage_filesystem=storage):
         log.info("resuming the study in %s (recorded trials are kept)", folder)
         tuner = tune.Tuner.restore(
-            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+            experiment,
+            trainable=trainable,
+            storage_filesystem=storage,
+            resume_unfinished=True,
+            resume_errored=True,
         )
     else:
         tuner = tune.Tuner(
@@ -229,7 +249,8 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
             ),
             run_config=tune.RunConfig(
                 name=TUNER_DIR,
-                storage_path=str(folder),
+                storage_path=path,
+                storage_filesystem=storage,
                 failure_config=tune.FailureConfig(max_failures=1),
                 verbose=1,
             ),
@@ -237,45 +258,62 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
     return tuner.fit()
 
 
-def adopt_published(study: Study, out: Path) -> int:
+def adopt_published(study: Study, out: str) -> int:
     """Take the trials already published in ``out`` (a committed results.jsonl, e.g. from an
     earlier session whose run folder is gone) into the study's folder as evaluated: each
     (setting, method, seed) of the grid recorded there under today's protocol and not yet in
-    the folder gets its record appended and its trial's record file, so the grid does not
-    train it again. The first test read and the wall time come along. How many were taken."""
+    the folder gets its trial's record file (and, in a local folder, its line of
+    results.jsonl), so the grid does not train it again. The first test read and the wall
+    time come along. How many were taken. Either place may be a local path or a URI."""
     from clinfo_ray.study.records import META_FILE, PROTOCOL, read_meta
     from clinfo_ray.study.rules import RULES_FILE
 
     folder = study_dir(study)
-    published = study_records(study, out / RESULTS_FILE)
-    have = {(r.setting, r.method, r.seed) for r in read_records(folder / RESULTS_FILE)}
+    published = study_records(study, read_records(loc.join(out, RESULTS_FILE)))
+    have = {(r.setting, r.method, r.seed) for r in folder_records(folder)}
     taken = 0
     for record in published:
         key = (record.setting, record.method, record.seed)
         if record.protocol != PROTOCOL or key in have:
             continue
-        run_dir = folder / TRIALS_DIR / trial_name(record.method, record.seed, record.setting)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECORD_FILE).write_text(
-            json.dumps({"record": json.loads(record.to_json()), "adopted_from": str(out)}) + "\n"
+        run_dir = loc.join(
+            folder, TRIALS_DIR, trial_name(record.method, record.seed, record.setting)
         )
-        append_record(folder / RESULTS_FILE, record)
+        details = {"record": json.loads(record.to_json()), "adopted_from": str(out)}
+        loc.write_text(loc.join(run_dir, RECORD_FILE), json.dumps(details) + "\n")
+        if not loc.is_uri(folder):
+            append_record(Path(folder) / RESULTS_FILE, record)
         taken += 1
-    meta_path = out / META_FILE
-    if taken and meta_path.is_file():
+    meta_path = loc.join(out, META_FILE)
+    if taken and loc.is_file(meta_path):
         meta = read_meta(meta_path)
         first = meta.rules.get("first_test_read")
-        if first and not (folder / RULES_FILE).is_file():
-            (folder / RULES_FILE).write_text(json.dumps(first, indent=2, sort_keys=True) + "\n")
-        wall = folder / WALL_FILE
-        if not wall.is_file():
-            wall.write_text(json.dumps({"seconds": meta.wall_seconds}) + "\n")
+        rules = loc.join(folder, RULES_FILE)
+        if first and not loc.is_file(rules):
+            loc.write_text(rules, json.dumps(first, indent=2, sort_keys=True) + "\n")
+        wall = loc.join(folder, WALL_FILE)
+        if not loc.is_file(wall):
+            loc.write_text(wall, json.dumps({"seconds": meta.wall_seconds}) + "\n")
     return taken
 
 
-def study_records(study: Study, results: Path) -> list[TrialRecord]:
-    """The study's records: one per (setting, method, seed) of its grid (the last line wins
-    when a trial was evaluated twice), in the grid's order."""
-    latest = {(r.setting, r.method, r.seed): r for r in read_records(results)}
+def folder_records(folder: str) -> list[TrialRecord]:
+    """The records the study's folder holds: its results.jsonl, or in a bucket (where no
+    file can be appended to) the record file of each of its trials, in the trials' order."""
+    if not loc.is_uri(folder):
+        return read_records(Path(folder) / RESULTS_FILE)
+    records = []
+    trials = loc.join(folder, TRIALS_DIR)
+    for name in loc.list_names(trials):
+        path = loc.join(trials, name, RECORD_FILE)
+        if loc.is_file(path):
+            records.append(TrialRecord.from_dict(json.loads(loc.read_text(path))["record"]))
+    return records
+
+
+def study_records(study: Study, records: list[TrialRecord]) -> list[TrialRecord]:
+    """The study's records among ``records``: one per (setting, method, seed) of its grid (the
+    last wins when a trial was evaluated twice), in the grid's order."""
+    latest = {(r.setting, r.method, r.seed): r for r in records}
     keys = [(t["setting"], t["method"], t["seed"]) for t in study.grid()]
     return [latest[key] for key in keys if key in latest]
