@@ -125,3 +125,21 @@ def test_a_page_outside_a_bucket_out_fails_in_one_line(
     assert main([*argv, "--report-only"]) == 2  # nothing published there yet
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and s3_prefix in err
+
+
+def test_a_study_folder_in_a_missing_bucket_fails_before_ray_naming_the_key(
+    tmp_path: Path, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = _study(tmp_path, str(tmp_path / "runs"))
+    argv = [
+        "study",
+        "--config",
+        str(study.path),
+        "--set",
+        "run.output_dir=s3://no-such-bucket/runs",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("clinfo-ray study: error: run.output_dir: s3://no-such-bucket/runs/")
+    assert "no bucket 'no-such-bucket'" in err

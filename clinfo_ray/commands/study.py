@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if (loc.is_uri(out) or loc.is_uri(page)) and not page.startswith(out + "/"):
             raise ConfigError(f"--page: {page}: with --out in a bucket the page goes in it too")
-        check_remote("--out", out, "output" if not args.report_only else "folder")
+        key = "--out" if args.out else "run.output_dir"  # OUT is the study's folder by default
+        check_remote(key, out, "output" if not args.report_only else "folder")
     except (ConfigError, LocationError) as err:
         return fail("study", err)
     if args.report_only:
