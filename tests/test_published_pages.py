@@ -23,10 +23,10 @@ RAW = ("results.jsonl", "meta.json", "setting_search.jsonl")
 
 # (study, --quick, the folder of its raw files, its page: "" for the folder's results.md), as
 # the README's commands publish them
-# (protocol 2: the reruns add their pages here as they publish them)
 PUBLISHED: list[tuple[str, bool, str, str]] = [
     ("study_setting_cpu", False, "docs/study/setting_search", ""),
     ("study_cpu", False, "docs/study/study_cpu", "docs/results.md"),
+    ("study_fmnist_cpu", False, "docs/study/study_fmnist_cpu", ""),
 ]
 ARCHIVE = ROOT / "docs" / "study" / "archive" / "protocol1"
 

@@ -32,11 +32,28 @@ def _wall(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def _setting_search() -> tuple[str, ...]:
-    folder = ROOT / "docs" / "study" / "setting_search"
-    trials = len((folder / "results.jsonl").read_text().splitlines())
-    wall = json.loads((folder / "meta.json").read_text())["wall_seconds"]
-    return str(trials), _wall(wall)
+def _published(name: str) -> Callable[[], tuple[str, ...]]:
+    """The trial count and wall time of the study published in docs/study/NAME."""
+
+    def found() -> tuple[str, ...]:
+        folder = ROOT / "docs" / "study" / name
+        trials = len((folder / "results.jsonl").read_text().splitlines())
+        wall = json.loads((folder / "meta.json").read_text())["wall_seconds"]
+        return str(trials), _wall(wall)
+
+    return found
+
+
+def _fmnist_verdicts() -> tuple[str, ...]:
+    """The verdict of both claims on the Fashion-MNIST page, when they agree."""
+    text = (ROOT / "docs/study/study_fmnist_cpu/results.md").read_text()
+    verdicts = {
+        re.search(
+            rf"^\| {claim} \| kmeans-iter vs .* \| ([a-z ]+?)(?: at this budget)? \|$", text, re.M
+        ).group(1)
+        for claim in ("2", "2b")
+    }
+    return (verdicts.pop(),) if len(verdicts) == 1 else ("disagree",)
 
 
 def _quick() -> tuple[str, ...]:
@@ -83,8 +100,20 @@ CLAIMS: list[tuple[str, Callable[[], tuple[str, ...]]]] = [
     (
         r"`clinfo-ray study --config study_setting_cpu --out\s+docs/study/setting_search`, "
         r"(\d+) trials, (\dh\d\dm) here",
-        _setting_search,
+        _published("setting_search"),
     ),
+    (
+        r"`clinfo-ray study --config study_cpu --out\s+docs/study/study_cpu --page "
+        r"docs/results.md`, (\d+) trials, "
+        r"(\dh\d\dm) here",
+        _published("study_cpu"),
+    ),
+    (
+        r"`clinfo-ray study --config study_fmnist_cpu --out docs/study/study_fmnist_cpu`, "
+        r"(\d+) trials,\s+(\dh\d\dm) here",
+        _published("study_fmnist_cpu"),
+    ),
+    (r"claims 2 and 2b are (\w+) on test linear top-1", _fmnist_verdicts),
     (
         r"tie exactly \((\+0\.\d+)\)",
         _page_has(SETTING_PAGE, r"\| w16-e22-cat(?: \| \S+){2} \| (\S+) "),
