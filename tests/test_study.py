@@ -1,5 +1,5 @@
 """``clinfo-ray study`` end to end on the session Ray and the shapes dataset: every (method,
-seed) trained as a Tune trial and evaluated once (the probe's setting chosen by cross-validation
+seed) trained as a Tune trial, two side by side, and evaluated once (the probe's setting chosen by cross-validation
 on the fitting rows, then one probe scoring the validation and the test split once each), the
 raw results, the page and plots; the same command again trains nothing; ``--report-only``
 rewrites the page byte for byte from the raw files alone. The setting search runs in a bucket of
@@ -105,7 +105,7 @@ def study(shapes_dataset: Path, s3_bucket: str, tmp_path_factory: pytest.TempPat
     path = root / "tiny.yaml"
     path.write_text(STUDY.format(config=config))
     out = root / "out"
-    args = ["--config", str(path), "--out", str(out), "--max-concurrent", "1"]
+    args = ["--config", str(path), "--out", str(out), "--max-concurrent", "2"]
     assert main(["study", *args]) == 0
     folder = root / "runs" / "study" / "tiny"
     first = (out / "results.md").read_bytes()
