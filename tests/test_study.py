@@ -1,10 +1,11 @@
 """``clinfo-ray study`` end to end on the session Ray and the shapes dataset: every (method,
-seed) trained as a Tune trial, two side by side, and evaluated once (the probe's setting chosen by cross-validation
-on the fitting rows, then one probe scoring the validation and the test split once each), the
-raw results, the page and plots; the same command again trains nothing; ``--report-only``
-rewrites the page byte for byte from the raw files alone. The setting search runs in a bucket of
-the session's S3 server (its trials' runs, records and Tune's experiment there, nothing on
-disk), and a study whose run folder is gone adopts its published trials into a bucket."""
+seed) trained as a Tune trial, two side by side, and evaluated once (the probe's setting chosen
+by cross-validation on the fitting rows, then one probe scoring the validation and the test
+split once each), the raw results, the page and plots; the same command again trains nothing;
+``--report-only`` rewrites the page byte for byte from the raw files alone. The setting search
+runs in a bucket of the session's S3 server (its trials' runs, records and Tune's experiment
+there, nothing on disk), and a study whose run folder is gone adopts its published trials into
+a bucket."""
 
 from __future__ import annotations
 

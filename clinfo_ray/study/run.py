@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,19 +217,18 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from clinfo_ray.tuning.search import TuneStorage
+
     folder = study_dir(study)
     rerun = claim_study_dir(folder, study)
     trainable = make_trainable(StudyPlan(study, folder))
-    # Tune writes through the folder's pyarrow filesystem: a local one, or the bucket's
-    filesystem, path = loc.resolve(folder)
-    storage = filesystem if loc.is_uri(folder) else None
-    experiment = posixpath.join(path, TUNER_DIR)
-    if rerun and tune.Tuner.can_restore(experiment, storage_filesystem=storage):
+    storage = TuneStorage.of(folder)  # a local folder, or the bucket's filesystem
+    if rerun and storage.can_restore():
         log.info("resuming the study in %s (recorded trials are kept)", folder)
         tuner = tune.Tuner.restore(
-            experiment,
+            storage.experiment,
             trainable=trainable,
-            storage_filesystem=storage,
+            storage_filesystem=storage.filesystem,
             resume_unfinished=True,
             resume_errored=True,
         )
@@ -249,8 +247,8 @@ def run_grid(study: Study, max_concurrent: int) -> Any:
             ),
             run_config=tune.RunConfig(
                 name=TUNER_DIR,
-                storage_path=path,
-                storage_filesystem=storage,
+                storage_path=storage.storage_path,
+                storage_filesystem=storage.filesystem,
                 failure_config=tune.FailureConfig(max_failures=1),
                 verbose=1,
             ),

@@ -127,6 +127,27 @@ def _first_difference(old: Any, new: Any, where: str = "") -> str:
     return f"{where}: {old!r} then, {new!r} now"
 
 
+@dataclass(frozen=True)
+class TuneStorage:
+    """Where Tune keeps an experiment in ``folder``: ``storage_path`` (the folder's path on its
+    filesystem), ``experiment`` (the experiment's own path, what a rerun restores) and
+    ``filesystem`` (the bucket's pyarrow filesystem; None for a local folder)."""
+
+    storage_path: str
+    experiment: str
+    filesystem: Any
+
+    @classmethod
+    def of(cls, folder: str) -> TuneStorage:
+        fs, path = loc.resolve(folder)
+        return cls(path, posixpath.join(path, TUNER_DIR), fs if loc.is_uri(folder) else None)
+
+    def can_restore(self) -> bool:
+        from ray import tune
+
+        return bool(tune.Tuner.can_restore(self.experiment, storage_filesystem=self.filesystem))
+
+
 def claim_folder(path: str | Path, record: dict[str, Any], what: str, hint: str) -> bool:
     """Record what a search or study is (``record``, JSON) at ``path`` (a local path or a
     URI); True when the same record was there already (a rerun). Another one there is a
@@ -206,16 +227,13 @@ def run_search(
     folder = search_dir(base, settings.name)
     rerun = claim_search_dir(folder, base, space, settings)
     trainable = make_trainable(TrialPlan(base.to_dict(), folder))
-    # Tune writes through the folder's pyarrow filesystem: a local one, or the bucket's
-    filesystem, path = loc.resolve(folder)
-    storage = filesystem if loc.is_uri(folder) else None
-    experiment = posixpath.join(path, TUNER_DIR)
-    if rerun and tune.Tuner.can_restore(experiment, storage_filesystem=storage):
+    storage = TuneStorage.of(folder)  # a local folder, or the bucket's filesystem
+    if rerun and storage.can_restore():
         log.info("resuming the search in %s (finished trials are kept)", folder)
         tuner = tune.Tuner.restore(
-            experiment,
+            storage.experiment,
             trainable=trainable,
-            storage_filesystem=storage,
+            storage_filesystem=storage.filesystem,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
@@ -237,8 +255,8 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=TUNER_DIR,
-                storage_path=path,
-                storage_filesystem=storage,
+                storage_path=storage.storage_path,
+                storage_filesystem=storage.filesystem,
                 failure_config=tune.FailureConfig(max_failures=0),  # a crash is an error
                 verbose=1,
             ),
