@@ -56,10 +56,13 @@ def stamp(study: Study) -> dict[str, Any]:
 def record_first_test_read(folder: Location, study: Study) -> None:
     """Write ``folder/rules.json`` unless it exists: called just before a trial reads the test
     split, so the first call is the first read."""
-    text = json.dumps(stamp(study), indent=2, sort_keys=True) + "\n"
+
+    def text() -> str:  # only for the first read: the stamp runs git twice
+        return json.dumps(stamp(study), indent=2, sort_keys=True) + "\n"
+
     if loc.is_uri(folder):
         if not loc.is_file(loc.join(folder, RULES_FILE)):
-            loc.write_text(loc.join(folder, RULES_FILE), text)
+            loc.write_text(loc.join(folder, RULES_FILE), text())
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     try:
@@ -67,7 +70,7 @@ def record_first_test_read(folder: Location, study: Study) -> None:
     except FileExistsError:
         return
     with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+        handle.write(text())
 
 
 def read_first_test_read(folder: Location) -> dict[str, Any]:
