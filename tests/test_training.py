@@ -10,9 +10,11 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import ray.train
 import torch
 
 from clinfo_ray.checkpointing import (
@@ -26,7 +28,13 @@ from clinfo_ray.config import ConfigError, TrainConfig, apply_overrides, load_co
 from clinfo_ray.config.loading import parse_set_overrides
 from clinfo_ray.data import columns as C
 from clinfo_ray.model import build_model
-from clinfo_ray.training.launch import check_before_ray, train, val_by_index
+from clinfo_ray.training.launch import (
+    CONTROLLER_POLL_SECONDS,
+    CONTROLLER_POLL_VAR,
+    check_before_ray,
+    train,
+    val_by_index,
+)
 from clinfo_ray.training.objective import TrainModule
 from clinfo_ray.training.worker import PID_DIR
 from tests.datasets import registered_epoch
@@ -80,6 +88,17 @@ def _records(run_dir: Path, event: str) -> list[dict]:
     return [r for r in rows if r["event"] == event]
 
 
+class RecordsTheControllerPoll(ray.train.UserCallback):
+    """Writes, from the Train controller's process, its poll interval variable at each report."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        with self._path.open("a") as f:
+            f.write(os.environ.get(CONTROLLER_POLL_VAR, "unset") + "\n")
+
+
 def test_two_workers_train_log_and_checkpoint(
     shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,7 +106,11 @@ def test_two_workers_train_log_and_checkpoint(
 
     monkeypatch.chdir(shapes.parent)  # a relative dataset path, as a user types it
     cfg = _config(Path(shapes.name), tmp_path, "smoke", "run.device=auto")
-    outcome = train(cfg)
+    monkeypatch.delenv(CONTROLLER_POLL_VAR, raising=False)  # the default, as a user runs it
+    polls = tmp_path / "controller_poll.txt"
+    outcome = train(cfg, callbacks=[RecordsTheControllerPoll(polls)])
+    # the controller polls its workers every 0.25 s (Ray's default, 2 s, waits ~4 s a run)
+    assert polls.read_text().splitlines() == [CONTROLLER_POLL_SECONDS] * 2
     assert outcome.metrics["epoch"] == 2.0
     assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
     assert outcome.metrics["data/dropped_images"] == 0.0
