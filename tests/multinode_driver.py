@@ -61,9 +61,6 @@ FAST_NODE_DEATH = {
     "health_check_timeout_ms": 1000,
     "health_check_failure_threshold": 3,
 }
-# Ray Train's controller polls its workers (and registers their checkpoints) this often; its
-# default, 2 s, is longer than an epoch of the tiny run. Propagated to the controller by Ray.
-TRAIN_POLL_S = "0.5"
 NODE_START_TIMEOUT_S = 120.0
 SCENARIOS = ("two-nodes", "node-lost")
 LOSE_AFTER_EPOCH = 1
@@ -288,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     # Unix socket names are limited to 107 bytes).
     private = tempfile.mkdtemp(prefix="clmn-", dir="/tmp")
     os.environ["RAY_TMPDIR"] = private
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
     _token_for_a_private_cluster()
     result: dict[str, Any] = {"runs": {}, "ray_tmpdir": private}
     status = 0
