@@ -35,10 +35,11 @@ if TYPE_CHECKING:  # these import ray: only where a run starts
 log = logging.getLogger(__name__)
 
 # Ray Train's controller collects its workers' reports (and notices their end or failure) by
-# polling them, every 2 s by default: every run waited about 4 s at its end, every report up to
-# 2 s. A poll is one small actor call per worker; a poll still running at the next one is waited
-# for, not failed. Ray passes this variable from the driver to the controller; a value the user
-# sets is kept.
+# polling them, every 2 s by default: a run ended about 3 s after its last report, and each
+# report reached the controller (and Tune) up to 2 s late. A poll is one actor call per worker,
+# so it costs some CPU (docs/benchmarks.md); a poll still running at the next one is waited for,
+# not failed. Ray passes this variable from the driver to the controller; a value the user sets
+# is kept (2 gives Ray's default back).
 CONTROLLER_POLL_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 CONTROLLER_POLL_SECONDS = "0.25"
 
