@@ -57,9 +57,13 @@ def _group(pid: str, command_pid: int) -> str:
         return "?"
     if title.startswith("ray::"):
         return title.split()[0]
-    name = Path(title.split()[0]).name if title else ""
+    if not title:  # a kernel thread
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return "?"
     script = next((Path(w).name for w in title.split()[1:] if w.endswith(".py")), "")
-    return f"{name} {script}".strip() or Path(f"/proc/{pid}/comm").read_text().strip()
+    return f"{Path(title.split()[0]).name} {script}".strip()
 
 
 def measure(command: list[str], every: float) -> tuple[dict[str, float], float]:
@@ -74,13 +78,12 @@ def measure(command: list[str], every: float) -> tuple[dict[str, float], float]:
             cpu = _cpu_seconds(pid)
             if cpu is None:
                 continue
+            title = _group(pid, process.pid)
             if pid not in seen:
-                first = cpu if pid in before else 0.0
-                seen[pid] = Seen(_group(pid, process.pid), first, cpu)
+                seen[pid] = Seen(title, cpu if pid in before else 0.0, cpu)
             entry = seen[pid]
             entry.cpu = max(entry.cpu, cpu)
             # a Ray worker takes its actor's or task's name once it has one (ray::IDLE between)
-            title = _group(pid, process.pid)
             if title not in ("?", "ray::IDLE"):
                 entry.group = title
         if done:

@@ -109,7 +109,7 @@ def test_two_workers_train_log_and_checkpoint(
     monkeypatch.delenv(CONTROLLER_POLL_VAR, raising=False)  # the default, as a user runs it
     polls = tmp_path / "controller_poll.txt"
     outcome = train(cfg, callbacks=[RecordsTheControllerPoll(polls)])
-    # the controller polls its workers every 0.25 s (Ray's default, 2 s, waits ~4 s a run)
+    # the controller polls its workers every 0.25 s (Ray's default, 2 s, added ~3 s a run)
     assert polls.read_text().splitlines() == [CONTROLLER_POLL_SECONDS] * 2
     assert outcome.metrics["epoch"] == 2.0
     assert 0.0 <= outcome.metrics["eval/knn_top1"] <= 1.0
