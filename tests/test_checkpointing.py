@@ -4,6 +4,7 @@ state.json is written last and lists the parts."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,39 @@ def test_compiled_model_saves_plain_keys(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c", model=compiled, epoch=1, step=1, config=CONFIG)
     saved = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
     assert set(saved) == set(model.state_dict())
+
+
+def test_each_reader_of_a_bucket_checkpoint_gets_a_folder_of_its_own(
+    tmp_path: Path, s3_prefix: str
+) -> None:
+    """A rank that copies a bucket's checkpoint after another rank's copy finished must not write
+    over the files that rank is reading (Ray's shared as_directory does: ray-project/ray#48726)."""
+    import ray.train
+
+    from clinfo_ray.storage import location as loc
+    from clinfo_ray.training.worker import own_checkpoint_folder
+
+    model, _, _ = _trained()
+    local = save_checkpoint(tmp_path / "c", model=model, epoch=2, step=6, config=CONFIG)
+    uri = loc.join(s3_prefix, "checkpoint_epoch0002")
+    for part in sorted(local.iterdir()):
+        loc.write_bytes(loc.join(uri, part.name), part.read_bytes())
+    filesystem, path = loc.resolve(uri)
+    remote = ray.train.Checkpoint(path, filesystem=filesystem)
+    with own_checkpoint_folder(remote) as first:
+        reading = (Path(first) / "model.pt").open("rb")  # a rank part-way through its read
+        reading.read(64)
+        before = os.fstat(reading.fileno()).st_mtime_ns
+        with own_checkpoint_folder(remote) as second:  # another rank of the node, later
+            assert Path(second) != Path(first)
+            assert read_checkpoint_state(second).step == 6
+        assert os.stat(Path(first) / "model.pt").st_mtime_ns == before
+        reading.seek(0)
+        assert reading.read() == (local / "model.pt").read_bytes()
+        reading.close()
+        restored = build_model(CONFIG.model)
+        assert load_checkpoint(first, model=restored, model_config=CONFIG.model).epoch == 2
+        _assert_same_tensors(model.state_dict(), restored.state_dict())
+    assert not Path(first).exists() and not Path(second).exists()  # each copy removed
+    with own_checkpoint_folder(ray.train.Checkpoint.from_directory(str(local))) as here:
+        assert Path(here) == local  # a local checkpoint is read in place, not copied

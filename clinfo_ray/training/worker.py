@@ -3,16 +3,19 @@ each epoch re-cluster when due, train, evaluate when due, and report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -138,7 +141,7 @@ def _restore(state: WorkerState) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return
-    with checkpoint.as_directory() as directory:
+    with own_checkpoint_folder(checkpoint) as directory:
         saved = load_checkpoint(
             directory,
             model=state.inner.model,
@@ -152,6 +155,23 @@ def _restore(state: WorkerState) -> None:
     state.epoch, state.step, state.resumed = saved.epoch, saved.step, True
     if rank() == 0:
         log.info("resuming after epoch %d (step %d)", saved.epoch, saved.step)
+
+
+@contextlib.contextmanager
+def own_checkpoint_folder(checkpoint: ray.train.Checkpoint) -> Iterator[str]:
+    """A local folder holding ``checkpoint`` that no other process writes while this one reads.
+
+    A local checkpoint is read where it is. A remote one (a bucket) is copied into a temporary
+    folder of this process's own, removed on exit. Not Ray's ``as_directory``: it shares one
+    folder per node, and a rank that starts its copy after another rank's has finished copies
+    again over the files that rank is reading (ray-project/ray#48726; it failed a resume from a
+    bucket here with "PytorchStreamReader failed reading file"). Each rank pays its own copy.
+    """
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    with tempfile.TemporaryDirectory(prefix="clinfo-restore-") as folder:
+        yield checkpoint.to_directory(folder)
 
 
 def _recluster_due(cfg: TrainConfig, epoch: int) -> bool:
