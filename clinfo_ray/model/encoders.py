@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision import models
 
 from clinfo_ray.config import ModelConfig
 
@@ -20,6 +19,9 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int, *, small_image_stem: bool) -> None:
         super().__init__()
+        # imported here: a driver that only starts a run (Ray's, a Tune trial's) never loads it
+        from torchvision import models
+
         constructors = {18: models.resnet18, 50: models.resnet50}
         if depth not in constructors:
             raise ValueError(f"ResNet depth must be 18 or 50; got {depth}")

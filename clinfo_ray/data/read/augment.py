@@ -22,7 +22,6 @@ import math
 import os
 
 import torch
-from torchvision.ops import roi_align
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 CROP_TRIES = 10
@@ -167,6 +166,9 @@ class ViewAugmentation:
         )
         owner = torch.arange(b, device=dev).repeat_interleave(self.views)  # view -> its image
         rois = torch.cat([owner[:, None].to(boxes.dtype), boxes], dim=1)  # (B*V, 5)
+        # imported here: a driver that only starts a run (Ray's, a Tune trial's) never loads it
+        from torchvision.ops import roi_align
+
         # sampling_ratio 0: ceil(crop side / size) samples a pixel, so downscaling is averaged
         v = roi_align(x, rois, (self.size, self.size), 1.0, 0, True)  # (B*V, 3, size, size)
         flip = torch.rand(n, generator=g, device=dev) < self.flip_prob
