@@ -4,7 +4,6 @@ state.json is written last and lists the parts."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -227,37 +226,30 @@ def test_compiled_model_saves_plain_keys(tmp_path: Path) -> None:
     assert set(saved) == set(model.state_dict())
 
 
-def test_each_reader_of_a_bucket_checkpoint_gets_a_folder_of_its_own(
+def test_a_resumed_rank_reads_a_bucket_checkpoint_where_it_is(
     tmp_path: Path, s3_prefix: str
 ) -> None:
-    """A rank that copies a bucket's checkpoint after another rank's copy finished must not write
-    over the files that rank is reading (Ray's shared as_directory does: ray-project/ray#48726)."""
+    """A rank resuming from a bucket reads the checkpoint's files from the bucket into its own
+    memory: no local copy that a later rank could write over while it reads (Ray's shared
+    as_directory does: ray-project/ray#48726). A local checkpoint is read where it is."""
     import ray.train
 
     from clinfo_ray.storage import location as loc
-    from clinfo_ray.training.worker import own_checkpoint_folder
+    from clinfo_ray.training.worker import checkpoint_location
 
     model, _, _ = _trained()
-    local = save_checkpoint(tmp_path / "c", model=model, epoch=2, step=6, config=CONFIG)
-    uri = loc.join(s3_prefix, "checkpoint_epoch0002")
+    local = save_checkpoint(
+        tmp_path / "c" / "checkpoint_epoch0002", model=model, epoch=2, step=6, config=CONFIG
+    )
+    run_dir = loc.join(s3_prefix, "runs", "tiny")
+    uri = loc.join(run_dir, local.name)
     for part in sorted(local.iterdir()):
         loc.write_bytes(loc.join(uri, part.name), part.read_bytes())
     filesystem, path = loc.resolve(uri)
-    remote = ray.train.Checkpoint(path, filesystem=filesystem)
-    with own_checkpoint_folder(remote) as first:
-        reading = (Path(first) / "model.pt").open("rb")  # a rank part-way through its read
-        reading.read(64)
-        before = os.fstat(reading.fileno()).st_mtime_ns
-        with own_checkpoint_folder(remote) as second:  # another rank of the node, later
-            assert Path(second) != Path(first)
-            assert read_checkpoint_state(second).step == 6
-        assert os.stat(Path(first) / "model.pt").st_mtime_ns == before
-        reading.seek(0)
-        assert reading.read() == (local / "model.pt").read_bytes()
-        reading.close()
-        restored = build_model(CONFIG.model)
-        assert load_checkpoint(first, model=restored, model_config=CONFIG.model).epoch == 2
-        _assert_same_tensors(model.state_dict(), restored.state_dict())
-    assert not Path(first).exists() and not Path(second).exists()  # each copy removed
-    with own_checkpoint_folder(ray.train.Checkpoint.from_directory(str(local))) as here:
-        assert Path(here) == local  # a local checkpoint is read in place, not copied
+    location = checkpoint_location(ray.train.Checkpoint(path, filesystem=filesystem), run_dir)
+    assert location == uri  # the bucket itself, no local folder
+    restored = build_model(CONFIG.model)
+    assert load_checkpoint(location, model=restored, model_config=CONFIG.model).step == 6
+    _assert_same_tensors(model.state_dict(), restored.state_dict())
+    here = ray.train.Checkpoint.from_directory(str(local))
+    assert checkpoint_location(here, str(local.parent)) == str(local)  # read in place

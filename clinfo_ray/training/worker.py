@@ -3,19 +3,16 @@ each epoch re-cluster when due, train, evaluate when due, and report."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -140,47 +137,41 @@ def build_state(cfg: TrainConfig, inputs: LoopInputs) -> WorkerState:
     inner = TrainModule(build_model(cfg.model), num_clusters).to(device)
     optimizer, scheduler = build_optimizer(inner, cfg.optim, inputs.steps_per_epoch)
     state = WorkerState(cfg, device, inner, optimizer, scheduler, clusters)
-    _restore(state)
+    _restore(state, inputs.run_dir)
     state.module = ray.train.torch.prepare_model(maybe_compile(inner, cfg.model))
     return state
 
 
-def _restore(state: WorkerState) -> None:
+def _restore(state: WorkerState, run_dir: str) -> None:
     """Load Ray Train's latest checkpoint of this run into ``state``, if there is one."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return
-    with own_checkpoint_folder(checkpoint) as directory:
-        saved = load_checkpoint(
-            directory,
-            model=state.inner.model,
-            optimizer=state.optimizer,
-            scheduler=state.scheduler,
-            loss_module=state.inner.classifier,
-            clusters=state.clusters,
-            model_config=state.cfg.model,
-            map_location=state.device,
-        )
+    saved = load_checkpoint(
+        checkpoint_location(checkpoint, run_dir),
+        model=state.inner.model,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        loss_module=state.inner.classifier,
+        clusters=state.clusters,
+        model_config=state.cfg.model,
+        map_location=state.device,
+    )
     state.epoch, state.step, state.resumed = saved.epoch, saved.step, True
     if rank() == 0:
         log.info("resuming after epoch %d (step %d)", saved.epoch, saved.step)
 
 
-@contextlib.contextmanager
-def own_checkpoint_folder(checkpoint: ray.train.Checkpoint) -> Iterator[str]:
-    """A local folder holding ``checkpoint`` that no other process writes while this one reads.
+def checkpoint_location(checkpoint: ray.train.Checkpoint, run_dir: str) -> str:
+    """Where Ray Train keeps ``checkpoint`` of the run at ``run_dir`` (a folder or a URI), for
+    :func:`load_checkpoint`, which reads a bucket's files straight into memory.
 
-    A local checkpoint is read where it is. A remote one (a bucket) is copied into a temporary
-    folder of this process's own, removed on exit. Not Ray's ``as_directory``: it shares one
-    folder per node, and a rank that starts its copy after another rank's has finished copies
+    Not Ray's ``as_directory``: it copies a bucket's checkpoint into one folder shared by the
+    node's processes, and a rank that starts its copy after another rank's has finished copies
     again over the files that rank is reading (ray-project/ray#48726; it failed a resume from a
-    bucket here with "PytorchStreamReader failed reading file"). Each rank pays its own copy.
+    bucket here with "PytorchStreamReader failed reading file").
     """
-    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
-        yield checkpoint.path
-        return
-    with tempfile.TemporaryDirectory(prefix="clinfo-restore-") as folder:
-        yield checkpoint.to_directory(folder)
+    return loc.join(run_dir, loc.name(checkpoint.path))
 
 
 def _recluster_due(cfg: TrainConfig, epoch: int) -> bool:
